@@ -1,0 +1,24 @@
+"""Training losses for class-imbalanced problems.
+
+Losses that optimise what imbalanced problems are judged on: average precision
+(:class:`SmoothAPLoss`), recall inside a top-``q`` alert budget
+(:class:`RecallAtQuantileLoss`) and partial AUC inside a false-positive budget
+(:class:`PAUCAtBudgetLoss`). Pure functions live in :mod:`imbalanced_losses.functional`.
+"""
+
+from . import functional
+from ._version import __version__
+from .ap_loss import SmoothAPLoss
+from .distributed import all_gather_no_grad, all_gather_with_grad
+from .pauc_loss import PAUCAtBudgetLoss
+from .recall_loss import RecallAtQuantileLoss
+
+__all__ = [
+    "PAUCAtBudgetLoss",
+    "RecallAtQuantileLoss",
+    "SmoothAPLoss",
+    "__version__",
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "functional",
+]

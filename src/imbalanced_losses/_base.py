@@ -1,0 +1,194 @@
+"""The shared orchestration of the three ranking losses.
+
+``forward`` runs one path: validate -> gather across ranks -> merge with the queue -> drop
+``ignore_index`` rows -> subsample (``max_pool_size``) -> call the functional core ->
+enqueue the live batch -> reduce. The math lives in :mod:`imbalanced_losses.functional`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._queue import MemoryQueue
+from ._sampling import minimum_quota_indices
+from ._validation import (
+    REDUCTIONS,
+    binary_offenders,
+    check_bool,
+    check_choice,
+    check_finite_logits,
+    check_float,
+    check_int,
+    check_logits,
+    check_optional_bool,
+    check_row_vector,
+    check_sample_weight,
+    check_targets,
+)
+from ._warnings import WarnOnce
+from .distributed import gather_batch, resolve_gather
+from .functional._common import (
+    RankingResult,
+    binary_target_message,
+    compute_dtype,
+    make_pool,
+    normalize_targets,
+    package,
+)
+
+#: ``core(pool, iid [M] bool, live [M] bool) -> RankingResult``
+Core = Callable[..., RankingResult]
+
+
+class RankingLoss(nn.Module):
+    """Base class of the ranking losses: owns the queue, the warn-once flags and the sampling generator.
+
+    Subclasses validate their own hyperparameters, then call ``super().__init__`` and
+    implement ``forward`` by handing their functional core to :meth:`_run`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        queue_size: int,
+        temperature: float,
+        reduction: str,
+        ignore_index: int,
+        update_queue_in_eval: bool,
+        gather_distributed: bool | None,
+        max_pool_size: int | None,
+        *,
+        generator: torch.Generator | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        check_int("num_classes", num_classes, minimum=1)
+        check_int("queue_size", queue_size, minimum=0)
+        temperature = check_float("temperature", temperature, low=0.0)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_int("max_pool_size", max_pool_size, minimum=1, allow_none=True)
+        check_int("ignore_index", ignore_index)
+        check_bool("update_queue_in_eval", update_queue_in_eval)
+        check_optional_bool("gather_distributed", gather_distributed)
+        check_bool("validate_args", validate_args)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+        self.num_classes = num_classes
+        self.queue_size = queue_size
+        self.temperature = temperature
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.update_queue_in_eval = update_queue_in_eval
+        self.gather_distributed = gather_distributed
+        self.max_pool_size = max_pool_size
+        self.generator = generator
+        self.validate_args = validate_args
+        self._queue = MemoryQueue(queue_size, num_classes, ignore_index)
+        self._warn_once = WarnOnce()
+
+    def extra_repr(self) -> str:
+        names = ["num_classes", "queue_size", "temperature", "reduction", *self._extra_repr_names(), "max_pool_size"]
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+
+    def _extra_repr_names(self) -> list[str]:
+        return []
+
+    def reset_queue(self) -> None:
+        """Empty the memory queue (e.g. before validation or after a schedule switch)."""
+        self._queue.reset()
+
+    def _run(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        iid_mask: Tensor | None,
+        sample_weight: Tensor | None,
+        core: Core,
+    ) -> tuple[RankingResult, Tensor]:
+        """Run the shared pipeline; returns the core's result and the local (pre-gather) target ids."""
+        num_classes, ignore_index = self.num_classes, self.ignore_index
+        check_float("temperature", self.temperature, low=0.0)
+        logits = check_logits(logits, num_classes)
+        n = logits.shape[0]
+        targets = check_targets(targets, n)
+        iid = check_row_vector("iid_mask", iid_mask, n)
+        weight = check_sample_weight(sample_weight, n, validate_args=self.validate_args)
+        if self.validate_args:
+            check_finite_logits(logits)
+            if num_classes == 1:
+                offenders = binary_offenders(targets, ignore_index)
+                if offenders:
+                    self._warn_once("binary_targets", binary_target_message(offenders))
+            if weight is not None and n > 0 and not bool(weight.any()):
+                self._warn_once(
+                    "zero_weight",
+                    "`sample_weight` is entirely zero: every class has zero positive weight and the loss "
+                    "falls through to its degenerate (zero) value.",
+                )
+        ids = normalize_targets(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=self.validate_args)
+        iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid.detach().bool()
+        if weight is not None:
+            weight = weight.to(device=logits.device, dtype=compute_dtype(logits))
+        local_ids = ids
+
+        if resolve_gather(self.gather_distributed):
+            logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
+
+        merged = self._queue.merge(logits, ids, iid, weight)
+        rows = (merged.targets != ignore_index).nonzero().squeeze(1)
+        if self.max_pool_size is not None and rows.numel() > self.max_pool_size:
+            self._warn_once(
+                "subsample",
+                f"{type(self).__name__}: the pool has {rows.numel()} rows, more than max_pool_size="
+                f"{self.max_pool_size}; minimum-quota subsampling is applied and the loss is now stochastic. "
+                "(Shown once.)",
+            )
+            rows = rows[minimum_quota_indices(merged.targets[rows], self.max_pool_size, self.generator)]
+        pool = make_pool(
+            merged.logits[rows],
+            merged.targets[rows],
+            None if merged.weight is None else merged.weight[rows],
+            ignore_index,
+        )
+        result = core(pool, merged.iid[rows], merged.is_live[rows])
+        if rows.numel() > 0 and (self.training or self.update_queue_in_eval):
+            self._queue.enqueue(logits, ids, iid, weight)
+        return result, local_ids
+
+    def _finish(
+        self,
+        result: RankingResult,
+        anchor: Tensor,
+        return_per_class: bool,
+        return_diagnostics: bool = False,
+    ) -> Any:
+        check_bool("return_per_class", return_per_class)
+        return package(
+            result,
+            reduction=self.reduction,
+            anchor=anchor,
+            return_per_class=return_per_class,
+            return_diagnostics=return_diagnostics,
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Early checkpoints kept the queue buffers directly on the loss: move them under `_queue.`.
+        for key in ("_q_logits", "_q_targets", "_q_ptr", "_q_iid", "_q_weight"):
+            if prefix + key in state_dict and prefix + "_queue." + key not in state_dict:
+                state_dict[prefix + "_queue." + key] = state_dict.pop(prefix + key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

@@ -1,0 +1,141 @@
+"""The memory queue: a ring buffer of past batches, all of its state in buffers."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+_KEYS = ("_q_logits", "_q_targets", "_q_ptr", "_q_iid", "_q_weight")
+
+
+class Merged(NamedTuple):
+    """Live rows followed by every queue slot."""
+
+    logits: Tensor  # [N + Q, C]
+    targets: Tensor  # [N + Q] int64
+    iid: Tensor  # [N + Q] bool
+    weight: Tensor | None  # [N + Q] or None when no row (live or stored) carries a weight
+    is_live: Tensor  # [N + Q] bool, True for the first N rows
+
+
+class MemoryQueue(nn.Module):
+    """Circular buffer of the last ``capacity`` rows seen by a ranking loss.
+
+    Buffers (state-dict keys are those of ``imbalanced-losses`` 0.6, so checkpoints load in
+    both directions): ``_q_logits [Q, C]`` (float32 unless the module is cast), ``_q_targets
+    [Q]`` int64 (``ignore_index`` marks an empty slot), ``_q_ptr [1]`` int64 (next write
+    position), ``_q_iid [Q]`` bool and ``_q_weight [Q]`` float. With ``capacity == 0`` there
+    are no buffers.
+
+    Writes are detached. A batch of ``n >= Q`` rows replaces the buffer with its last ``Q``
+    rows in order (pointer back to 0); a smaller batch is written at the pointer with
+    wrap-around. The pointer arithmetic stays on the device: no host synchronisation.
+
+    Args:
+        capacity: Number of rows ``Q`` (``0`` disables the queue).
+        num_classes: Logit columns ``C``.
+        ignore_index: Target value of empty slots.
+    """
+
+    _q_logits: Tensor
+    _q_targets: Tensor
+    _q_ptr: Tensor
+    _q_iid: Tensor
+    _q_weight: Tensor
+
+    def __init__(self, capacity: int, num_classes: int, ignore_index: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        # True while some stored weight may differ from 1; re-derived on reset and load.
+        self.weighted = False
+        if capacity > 0:
+            self.register_buffer("_q_logits", torch.zeros(capacity, num_classes))
+            self.register_buffer("_q_targets", torch.full((capacity,), ignore_index, dtype=torch.long))
+            self.register_buffer("_q_ptr", torch.zeros(1, dtype=torch.long))
+            self.register_buffer("_q_iid", torch.ones(capacity, dtype=torch.bool))
+            self.register_buffer("_q_weight", torch.ones(capacity))
+
+    def extra_repr(self) -> str:
+        return f"capacity={self.capacity}, num_classes={self.num_classes}"
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the queue in place (slots get ``ignore_index`` targets, pointer 0)."""
+        self.weighted = False
+        if self.capacity == 0:
+            return
+        self._q_logits.zero_()
+        self._q_targets.fill_(self.ignore_index)
+        self._q_ptr.zero_()
+        self._q_iid.fill_(True)
+        self._q_weight.fill_(1.0)
+
+    def merge(self, logits: Tensor, targets: Tensor, iid: Tensor, weight: Tensor | None) -> Merged:
+        """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device."""
+        n = logits.shape[0]
+        weighted = weight is not None or self.weighted
+        is_live = torch.ones(n, dtype=torch.bool, device=logits.device)
+        if weighted and weight is None:
+            weight = torch.ones(n, dtype=logits.dtype, device=logits.device)
+        if self.capacity == 0:
+            return Merged(logits, targets, iid, weight, is_live)
+        dev = logits.device
+        q_weight = self._q_weight.to(device=dev, dtype=weight.dtype) if weight is not None else None
+        return Merged(
+            torch.cat([logits, self._q_logits.to(device=dev, dtype=logits.dtype)]),
+            torch.cat([targets, self._q_targets.to(dev)]),
+            torch.cat([iid, self._q_iid.to(dev)]),
+            None if weight is None else torch.cat([weight, q_weight]),  # type: ignore[list-item]
+            torch.cat([is_live, torch.zeros(self.capacity, dtype=torch.bool, device=dev)]),
+        )
+
+    @torch.no_grad()
+    def enqueue(self, logits: Tensor, targets: Tensor, iid: Tensor, weight: Tensor | None) -> None:
+        """Write a batch (all of its rows, ``ignore_index`` rows included) behind the pointer."""
+        q, n = self.capacity, logits.shape[0]
+        if q == 0 or n == 0:
+            return
+        if weight is not None:
+            self.weighted = True
+        elif self.weighted:
+            weight = torch.ones(n, device=logits.device)
+        dev = self._q_logits.device
+        if n >= q:
+            slots = torch.arange(q, device=dev)
+            rows = slice(n - q, n)
+            new_ptr = torch.zeros_like(self._q_ptr)
+        else:
+            slots = (self._q_ptr + torch.arange(n, device=dev)) % q
+            rows = slice(0, n)
+            new_ptr = (self._q_ptr + n) % q
+        self._q_logits.index_copy_(0, slots, logits[rows].detach().to(device=dev, dtype=self._q_logits.dtype))
+        self._q_targets.index_copy_(0, slots, targets[rows].to(device=dev, dtype=torch.long))
+        self._q_iid.index_copy_(0, slots, iid[rows].to(device=dev, dtype=torch.bool))
+        if weight is not None:
+            self._q_weight.index_copy_(0, slots, weight[rows].detach().to(device=dev, dtype=self._q_weight.dtype))
+            self.weighted = bool((self._q_weight != 1).any())
+        self._q_ptr.copy_(new_ptr)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checkpoints from before per-row iid flags and weights load with the defaults.
+        if self.capacity > 0:
+            for key, default in (("_q_iid", self._q_iid), ("_q_weight", self._q_weight)):
+                if prefix + key not in state_dict and prefix + "_q_logits" in state_dict:
+                    state_dict[prefix + key] = torch.ones_like(default)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.weighted = self.capacity > 0 and bool((self._q_weight != 1).any())

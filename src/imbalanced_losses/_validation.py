@@ -1,0 +1,212 @@
+"""Argument and input checks shared by every loss.
+
+One error template everywhere: the message names the argument, what was expected and what
+was received, e.g. ``"`temperature` must be a finite number > 0, got -1.0."``. Bad values and
+shapes raise :class:`ValueError`; wrong Python types or tensor dtypes raise :class:`TypeError`.
+
+Checks that need a host synchronisation (finiteness of the logits, the range of the target
+ids) run only when ``validate_args`` is true; shape and dtype checks always run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+INTERPOLATIONS = ("linear", "lower", "higher", "nearest", "midpoint")
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """A hyperparameter of the wrong Python type.
+
+    A :class:`TypeError` by our error convention, and also a :class:`ValueError` because the
+    losses we are drop-in compatible with raised ``ValueError`` for some of these (e.g.
+    ``n_knots=2.0``): code catching either keeps working.
+    """
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return repr(value)
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> None:
+    """Require a plain Python ``int`` (not ``bool``), optionally ``>= minimum``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"`{name}` must be an int, got {_fmt(value)} of type {type(value).__name__}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    high_open: bool = True,
+) -> float:
+    """Require a finite real number inside an interval and return it as ``float``.
+
+    ``low_open``/``high_open`` choose open or closed interval ends; ``None`` means unbounded.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+            value = float(value.item())
+        else:
+            raise ArgumentTypeError(f"`{name}` must be a real number, got {_fmt(value)} of type {type(value).__name__}.")
+    out = float(value)
+    lo_txt = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi_txt = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    bad = not math.isfinite(out)
+    if low is not None:
+        bad = bad or (out <= low if low_open else out < low)
+    if high is not None:
+        bad = bad or (out >= high if high_open else out > high)
+    if bad:
+        raise ValueError(f"`{name}` must be a finite number in {lo_txt}, {hi_txt}, got {value!r}.")
+    return out
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """Require ``value`` to be one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Require a Python ``bool``."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"`{name}` must be a bool, got {_fmt(value)} of type {type(value).__name__}.")
+
+
+def check_optional_bool(name: str, value: Any) -> None:
+    """Require ``None`` or a Python ``bool``."""
+    if value is not None:
+        check_bool(name, value)
+
+
+def check_tensor(name: str, value: Any) -> Tensor:
+    """Require a :class:`torch.Tensor`."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    return value
+
+
+def check_logits(logits: Any, num_classes: int | None = None) -> Tensor:
+    """Require floating-point logits of shape ``[N, C]`` (``C == num_classes`` when given)."""
+    logits = check_tensor("logits", logits)
+    if not logits.is_floating_point():
+        raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}.")
+    if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
+        want = f"[N, {num_classes}]" if num_classes is not None else "[N, C]"
+        raise ValueError(
+            f"`logits` must have shape {want} (flatten sequence dimensions first), got shape {tuple(logits.shape)}."
+        )
+    return logits
+
+
+def check_targets(targets: Any, n: int) -> Tensor:
+    """Require targets of shape ``[N]`` (a trailing singleton ``[N, 1]`` is squeezed).
+
+    Integer, bool and floating-point targets are accepted here; :func:`check_target_values`
+    checks the values.
+    """
+    targets = check_tensor("targets", targets)
+    if targets.ndim == 2 and targets.shape[1] == 1:
+        targets = targets.squeeze(1)
+    if targets.ndim != 1 or targets.shape[0] != n:
+        raise ValueError(f"`targets` must have shape [{n}] (or [{n}, 1]) to match `logits`, got {tuple(targets.shape)}.")
+    if targets.is_complex():
+        raise TypeError(f"`targets` must be an integer, bool or float tensor, got dtype {targets.dtype}.")
+    return targets
+
+
+def check_row_vector(name: str, value: Any, n: int) -> Tensor | None:
+    """Require ``None`` or a tensor of shape ``[N]``."""
+    if value is None:
+        return None
+    value = check_tensor(name, value)
+    if value.ndim != 1 or value.shape[0] != n:
+        raise ValueError(f"`{name}` must have shape [{n}] to match `logits`, got {tuple(value.shape)}.")
+    return value
+
+
+def check_sample_weight(sample_weight: Any, n: int, *, validate_args: bool) -> Tensor | None:
+    """Validate a per-row weight ``[N]``: finite and non-negative. Returns it detached."""
+    w = check_row_vector("sample_weight", sample_weight, n)
+    if w is None:
+        return None
+    if not (w.is_floating_point() or w.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"`sample_weight` must be a real-valued tensor, got dtype {w.dtype}.")
+    w = w.detach()
+    if validate_args and w.numel() > 0:
+        if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+            raise ValueError("`sample_weight` must be finite, got NaN or inf.")
+        w_min = w.min()
+        if bool(w_min < 0):
+            raise ValueError(f"`sample_weight` must be non-negative, got min {w_min.item()!r}.")
+    return w
+
+
+def check_finite_logits(logits: Tensor) -> None:
+    """Raise if the logits contain NaN or +-inf (one host synchronisation)."""
+    if logits.numel() > 0 and not bool(torch.isfinite(logits.detach()).all()):
+        n_bad = int((~torch.isfinite(logits.detach())).sum())
+        raise ValueError(
+            f"`logits` must be finite, got {n_bad} NaN or infinite value(s); "
+            "check the model output (e.g. a diverged step or an overflow under float16)."
+        )
+
+
+def to_class_ids(targets: Tensor, *, num_classes: int, ignore_index: int, validate_args: bool) -> Tensor:
+    """Convert multi-class targets to ``int64`` class ids and check their range.
+
+    Floating-point targets are accepted when every value is integral. Ids must lie in
+    ``[0, num_classes)`` or equal ``ignore_index``.
+    """
+    if targets.dtype == torch.bool:
+        raise TypeError(
+            f"`targets` must hold integer class ids when num_classes={num_classes} > 1, got dtype torch.bool."
+        )
+    if targets.is_floating_point():
+        if validate_args and targets.numel() > 0:
+            t = targets.detach()
+            if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+                raise ValueError(
+                    "`targets` must hold integral class ids for multi-class losses, "
+                    f"got a {targets.dtype} tensor with fractional or non-finite values."
+                )
+        targets = targets.long()
+    elif targets.dtype != torch.int64:
+        targets = targets.long()
+    if validate_args and targets.numel() > 0:
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_classes))
+        if bool(bad.any()):
+            vals = torch.unique(targets[bad])[:8].tolist()
+            raise ValueError(
+                f"`targets` must be class ids in [0, {num_classes}) or ignore_index={ignore_index}, "
+                f"got out-of-range value(s) {vals}."
+            )
+    return targets
+
+
+def binary_offenders(targets: Tensor, ignore_index: int) -> list[float]:
+    """Values (up to 8) of binary targets that are neither 0 nor 1 nor ``ignore_index``."""
+    if targets.numel() == 0 or targets.dtype == torch.bool:
+        return []
+    t = targets.detach()
+    bad = (t != 0) & (t != 1) & (t != ignore_index)
+    if not bool(bad.any()):
+        return []
+    return [float(v) if t.is_floating_point() else int(v) for v in torch.unique(t[bad])[:8].tolist()]

@@ -1,0 +1,110 @@
+"""Smooth-AP loss module (:class:`SmoothAPLoss`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import RankingLoss
+from .functional.smooth_ap import smooth_ap_core
+
+__all__ = ["SmoothAPLoss"]
+
+
+class SmoothAPLoss(RankingLoss):
+    r"""Smooth-AP loss with a memory queue: ``1 - AP`` per class, one-vs-rest.
+
+    The per-class surrogate is that of :func:`imbalanced_losses.functional.smooth_ap_loss`:
+
+    .. math::
+        L_c = 1 - \frac{1}{|P_c|} \sum_{k \in P_c} \frac{1 + \sum_{j \in P_c, j \ne k} \sigma((s_j - s_k)/\tau)}
+                                                      {1 + \sum_{j \ne k} \sigma((s_j - s_k)/\tau)}
+
+    computed over the pool = live rows + the memory queue (detached), minus ``ignore_index``
+    rows, optionally capped by ``max_pool_size`` (minimum-quota subsampling).
+
+    Args:
+        num_classes: Logit columns ``C``; ``1`` is binary mode (targets in ``{0, 1}``).
+        queue_size: Rows kept from past batches (``0`` disables the queue).
+        temperature: Sigmoid temperature :math:`\tau` in logit units (a mutable attribute,
+            read on every call; schedulers may change it).
+        reduction: ``'mean'`` over valid classes, ``'sum'``, or ``'none'`` (``[C]``).
+        ignore_index: Target value of rows to leave out (they are still enqueued).
+        update_queue_in_eval: Also update the queue in eval mode (default: frozen).
+        gather_distributed: ``None`` gathers the batch over ranks whenever a process group
+            with several ranks is initialised, ``True`` requires one, ``False`` never gathers.
+        max_pool_size: Optional cap on the pool size (stochastic once it applies; warns once).
+        generator: Optional :class:`torch.Generator` for the ``max_pool_size`` subsampling.
+        validate_args: Run the checks that need a host synchronisation (finite logits,
+            target range); default ``True``.
+
+    Shape:
+        - logits: ``[N, C]``; targets: ``[N]`` (or ``[N, 1]``); iid_mask, sample_weight: ``[N]``.
+        - output: scalar, or ``[C]`` for ``reduction='none'``.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses import SmoothAPLoss
+        >>> loss_fn = SmoothAPLoss(num_classes=4, queue_size=1024, temperature=0.01)
+        >>> loss = loss_fn(torch.randn(32, 4, requires_grad=True), torch.randint(0, 4, (32,)))
+        >>> bool(0.0 <= float(loss) <= 1.0)
+        True
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        queue_size: int = 1024,
+        temperature: float = 0.01,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        update_queue_in_eval: bool = False,
+        gather_distributed: bool | None = None,
+        max_pool_size: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(
+            num_classes,
+            queue_size,
+            temperature,
+            reduction,
+            ignore_index,
+            update_queue_in_eval,
+            gather_distributed,
+            max_pool_size,
+            generator=generator,
+            validate_args=validate_args,
+        )
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        iid_mask: Tensor | None = None,
+        return_per_class: bool = False,
+        *,
+        sample_weight: Tensor | None = None,
+    ) -> Any:
+        """Compute the loss on the live batch plus the queue, then enqueue the batch.
+
+        Args:
+            logits: ``[N, C]`` scores.
+            targets: ``[N]`` class ids (binary: ``{0, 1}``).
+            iid_mask: Optional ``[N]`` bool flags, stored in the queue (used by
+                :class:`PAUCAtBudgetLoss`; no effect on this loss's value).
+            return_per_class: Also return ``per_class [C]`` (``nan`` for invalid classes) and
+                ``valid [C]``.
+            sample_weight: Optional ``[N]`` non-negative weights of the positives.
+
+        Returns:
+            ``loss`` or ``(loss, per_class, valid)``.
+        """
+        temperature = float(self.temperature)
+        result, _ = self._run(
+            logits, targets, iid_mask, sample_weight, lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature)
+        )
+        return self._finish(result, logits, return_per_class)

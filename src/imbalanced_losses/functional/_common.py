@@ -1,0 +1,230 @@
+"""Building blocks shared by the ranking losses: pool masks, thresholds, reductions.
+
+Every ranking loss works on a *pool* of ``M`` rows with ``C`` logit columns and scores each
+class one-vs-rest. A pool is described by two boolean masks of shape ``[M, C]``:
+
+* ``pos[j, c]``: row ``j`` is a positive of class ``c``;
+* ``neg[j, c]``: row ``j`` is a negative of class ``c``.
+
+A row that is neither (an ``ignore_index`` row) takes no part in class ``c``. All per-class
+work is vectorised over ``C``; nothing here loops over classes in Python.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import (
+    INTERPOLATIONS,
+    REDUCTIONS,
+    binary_offenders,
+    check_choice,
+    check_finite_logits,
+    check_logits,
+    check_row_vector,
+    check_sample_weight,
+    check_targets,
+    to_class_ids,
+)
+from .._warnings import warn
+
+
+class RankingResult(NamedTuple):
+    """Unreduced output of a ranking-loss core.
+
+    Attributes:
+        loss: ``[C]`` per-class loss; values of invalid classes are finite placeholders.
+        valid: ``[C]`` bool, whether the class could be scored on this pool.
+        stats: Optional per-class diagnostics (``[C]`` tensors), or ``None``.
+        degenerate: Optional ``[C]`` bool, classes skipped for a degenerate score dispersion.
+    """
+
+    loss: Tensor
+    valid: Tensor
+    stats: dict[str, Tensor] | None = None
+    degenerate: Tensor | None = None
+
+
+def compute_dtype(logits: Tensor) -> torch.dtype:
+    """Float32 for half-precision logits, otherwise the logits' own dtype."""
+    return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+
+
+def normalize_targets(targets: Tensor, *, num_classes: int, ignore_index: int, validate_args: bool) -> Tensor:
+    """Map raw targets to ``int64``: class ids (multi-class) or ``{0, 1}`` (binary), ``ignore_index`` kept.
+
+    In binary mode (``num_classes == 1``) every non-zero target other than ``ignore_index``
+    counts as a positive.
+    """
+    if num_classes > 1:
+        return to_class_ids(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
+    ignored = targets == ignore_index
+    ids = (targets != 0).long()
+    return ids.masked_fill(ignored, ignore_index)
+
+
+def binary_target_message(values: list[float]) -> str:
+    """Text of the warning for binary targets outside ``{0, 1}``."""
+    return (
+        f"Binary mode (num_classes=1) expects `targets` in {{0, 1}}, got value(s) {values}; "
+        "every non-zero target counts as a positive."
+    )
+
+
+def class_masks(ids: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Positive and negative masks ``[M, C]`` from normalised target ids ``[M]``."""
+    if num_classes == 1:
+        return (ids == 1).unsqueeze(1), (ids == 0).unsqueeze(1)
+    classes = torch.arange(num_classes, device=ids.device)
+    pos = ids.unsqueeze(1) == classes
+    neg = (ids != ignore_index).unsqueeze(1) & ~pos
+    return pos, neg
+
+
+class Pool(NamedTuple):
+    """A validated ranking pool, ready for a loss core."""
+
+    scores: Tensor  # [M, C] float, computation dtype, carries the logits' graph
+    pos: Tensor  # [M, C] bool
+    neg: Tensor  # [M, C] bool
+    weight: Tensor | None  # [M] float or None (unweighted)
+
+
+def make_pool(scores: Tensor, ids: Tensor, weight: Tensor | None, ignore_index: int) -> Pool:
+    """Assemble a :class:`Pool` from scores ``[M, C]``, normalised ids ``[M]`` and optional weights."""
+    dtype = compute_dtype(scores)
+    scores = scores.to(dtype)
+    pos, neg = class_masks(ids, scores.shape[1], ignore_index)
+    if weight is not None:
+        weight = weight.to(device=scores.device, dtype=dtype)
+    return Pool(scores, pos, neg, weight)
+
+
+def functional_pool(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    ignore_index: int,
+    sample_weight: Tensor | None,
+    validate_args: bool,
+) -> Pool:
+    """Validate the inputs of a functional ranking loss and build its pool."""
+    logits = check_logits(logits)
+    n, num_classes = logits.shape
+    targets = check_targets(targets, n)
+    weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
+    if validate_args:
+        check_finite_logits(logits)
+        if num_classes == 1:
+            offenders = binary_offenders(targets, ignore_index)
+            if offenders:
+                warn(binary_target_message(offenders))
+    ids = normalize_targets(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
+    return make_pool(logits, ids, weight, ignore_index)
+
+
+def row_mask(name: str, mask: Tensor | None, n: int, device: torch.device) -> Tensor:
+    """A ``[M]`` bool mask from an optional user mask (``None`` means all True)."""
+    mask = check_row_vector(name, mask, n)
+    if mask is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return mask.detach().to(device=device).bool()
+
+
+def positive_weights(pos: Tensor, weight: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``[M, C]`` weight of each positive (``w_j`` or 1 on positives, 0 elsewhere)."""
+    w = pos.to(dtype)
+    return w if weight is None else w * weight.unsqueeze(1)
+
+
+def safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with zero denominators replaced by 1 (keeps gradients finite)."""
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpolation: str) -> tuple[Tensor, Tensor]:
+    """Quantiles of each column of ``x`` over the rows selected by ``member``, for all classes at once.
+
+    Reproduces :func:`torch.quantile` exactly for float32/float64 input (same rank arithmetic
+    in the input dtype, same rounding and ``lerp``), but works for any pool size and resolves
+    every level and every class with one sort.
+
+    Args:
+        x: ``[M, C]`` detached scores.
+        member: ``[M, C]`` bool, which rows belong to each column's population.
+        levels: ``[L]`` quantile levels in ``[0, 1]``, in ``x``'s dtype.
+        interpolation: One of ``linear, lower, higher, nearest, midpoint``.
+
+    Returns:
+        ``(values [L, C], counts [C])``. Columns with an empty population get ``nan``.
+    """
+    x = x.detach()
+    counts = member.sum(0)
+    # Non-members sort to the end; the first counts[c] entries of column c are its population.
+    sorted_x = x.masked_fill(~member, float("inf")).sort(dim=0).values
+    last = (counts - 1).clamp_min(0).to(x.dtype)
+    ranks = levels.unsqueeze(1) * last.unsqueeze(0)  # [L, C], in x's dtype as torch.quantile does
+    if interpolation == "lower":
+        ranks = ranks.floor()
+    elif interpolation == "higher":
+        ranks = ranks.ceil()
+    elif interpolation == "nearest":
+        ranks = ranks.round()
+    below = ranks.long()
+    values = sorted_x.gather(0, below)
+    if interpolation in ("linear", "midpoint"):
+        above = ranks.ceil().long()
+        weights = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below.to(x.dtype)
+        values = torch.lerp(values, sorted_x.gather(0, above), weights)
+    values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
+    return values, counts
+
+
+def reduce_classes(result: RankingResult, reduction: str, anchor: Tensor) -> tuple[Tensor, Tensor]:
+    """Reduce a per-class result over its valid classes.
+
+    Returns ``(loss, per_class)``: ``per_class`` is ``[C]`` with ``nan`` for invalid classes;
+    ``loss`` is that vector for ``'none'``, otherwise the sum or mean over valid classes. When
+    no class is valid the scalar is a zero still connected to ``anchor``'s graph.
+    """
+    nan = torch.full_like(result.loss, float("nan"))
+    per_class = torch.where(result.valid, result.loss, nan)
+    if reduction == "none":
+        return per_class, per_class
+    total = torch.where(result.valid, result.loss, torch.zeros_like(result.loss)).sum() + anchor.sum() * 0.0
+    if reduction == "sum":
+        return total, per_class
+    return total / result.valid.sum().clamp_min(1).to(total.dtype), per_class
+
+
+def check_common(*, reduction: str, quantile_interpolation: str | None = None) -> None:
+    """Validate the string options shared by the functional ranking losses."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    if quantile_interpolation is not None:
+        check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+
+
+def package(
+    result: RankingResult,
+    *,
+    reduction: str,
+    anchor: Tensor,
+    return_per_class: bool,
+    return_diagnostics: bool = False,
+) -> Tensor | tuple[Tensor, ...]:
+    """Reduce a result and assemble the public return form.
+
+    ``loss``; ``(loss, per_class, valid)`` with ``return_per_class``; ``(loss, stats)`` with
+    ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
+    """
+    loss, per_class = reduce_classes(result, reduction, anchor)
+    out: tuple[Tensor, ...] = (loss,)
+    if return_per_class:
+        out += (per_class, result.valid)
+    if return_diagnostics:
+        assert result.stats is not None
+        return (*out, result.stats)  # type: ignore[return-value]
+    return out if len(out) > 1 else loss

@@ -1,0 +1,291 @@
+r"""Partial AUC inside a false-positive budget band ``[alpha, beta]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_bool, check_choice, check_float, check_int
+from .._warnings import warn
+from ._common import (
+    Pool,
+    RankingResult,
+    check_common,
+    functional_pool,
+    masked_column_quantiles,
+    package,
+    positive_weights,
+    row_mask,
+    safe_divide,
+)
+
+SURROGATES = ("trapezoid", "pairwise")
+TAU_SCALES = ("iqr", "band")
+POS_NUMERATORS = ("pool", "live")
+BUDGET_BASES = ("fpr", "population")
+
+#: A class whose reference dispersion is at or below this is skipped (its kernel would be a step).
+MIN_DISPERSION = 1e-12
+
+
+def check_pauc_args(
+    *, alpha: float, beta: float, n_knots: int, surrogate: str, tau_scale: str, pos_numerator: str, budget_basis: str
+) -> tuple[float, float]:
+    """Validate the pAUC options; returns ``(alpha, beta)`` as floats."""
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True)
+    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False)
+    if not alpha < beta:
+        raise ValueError(f"`alpha` and `beta` must satisfy 0 <= alpha < beta <= 1, got alpha={alpha!r}, beta={beta!r}.")
+    check_int("n_knots", n_knots, minimum=2)
+    check_choice("surrogate", surrogate, SURROGATES)
+    check_choice("tau_scale", tau_scale, TAU_SCALES)
+    check_choice("pos_numerator", pos_numerator, POS_NUMERATORS)
+    check_choice("budget_basis", budget_basis, BUDGET_BASES)
+    return alpha, beta
+
+
+def dispersion_message(*, alpha: float, budget_basis: str, tau_scale: str) -> str:
+    """Text of the one-time warning for a class skipped because its reference scores do not spread."""
+    population = "iid negatives" if budget_basis == "fpr" else "pooled iid population"
+    scale = "inter-quartile range" if tau_scale == "iqr" else "band width t_alpha - t_beta"
+    hint = (
+        f" With alpha={alpha:g} the upper band edge needs about {1.0 / alpha:.0f} reference rows to resolve; "
+        "consider alpha=0 or a larger queue_size."
+        if alpha > 0
+        else " Increase queue_size or check that the model's scores are not constant."
+    )
+    return (
+        f"PAUCAtBudgetLoss: degenerate dispersion of the reference scores ({population}, {scale} <= "
+        f"{MIN_DISPERSION:g}) for at least one class; the band collapses and those classes are skipped.{hint}"
+    )
+
+
+def _knot_levels(alpha: float, beta: float, n_knots: int) -> list[float]:
+    """Quantile levels ``1 - f_k`` of the trapezoid knots, end points pinned to ``1 - alpha``/``1 - beta``."""
+    inner = [1.0 - (alpha + k * (beta - alpha) / (n_knots - 1)) for k in range(1, n_knots - 1)]
+    return [1.0 - alpha, *inner, 1.0 - beta]
+
+
+def _class_mean_var(values: Tensor, cls: Tensor, counts: Tensor, num_classes: int) -> Tensor:
+    """Population variance of ``values`` grouped by ``cls`` (``counts`` members per class)."""
+    n = counts.to(values.dtype)
+    mean = safe_divide(values.new_zeros(num_classes).index_add(0, cls, values), n)
+    dev2 = (values - mean[cls]) ** 2
+    return safe_divide(values.new_zeros(num_classes).index_add(0, cls, dev2), n)
+
+
+def pauc_at_budget_core(
+    pool: Pool,
+    *,
+    iid: Tensor,
+    live: Tensor,
+    alpha: float = 0.0,
+    beta: float = 0.005,
+    surrogate: str = "trapezoid",
+    n_knots: int = 2,
+    tau_scale: str = "iqr",
+    pos_numerator: str = "pool",
+    budget_basis: str = "fpr",
+    temperature: float = 0.1,
+    interpolation: str = "higher",
+) -> RankingResult:
+    """Per-class loss ``1 - pAUC_c`` on a pool, with the six diagnostics (no reduction).
+
+    ``iid`` and ``live`` are ``[M]`` bool row flags. See :func:`pauc_at_budget_loss` for the math.
+    """
+    scores, pos, neg, weight = pool
+    dtype, num_classes = scores.dtype, scores.shape[1]
+    s = scores.detach()
+    neg_iid = neg & iid.unsqueeze(1)
+    numer = pos if pos_numerator == "pool" else pos & live.unsqueeze(1)
+    ref = neg_iid if budget_basis == "fpr" else (pos | neg) & iid.unsqueeze(1)
+
+    # One sort resolves every threshold of every class: band edges, knots, quartiles.
+    levels = _knot_levels(alpha, beta, n_knots) if surrogate == "trapezoid" else [1.0 - alpha, 1.0 - beta]
+    if tau_scale == "iqr":
+        levels += [0.75, 0.25]
+    qs, _ = masked_column_quantiles(s, ref, torch.tensor(levels, dtype=dtype, device=s.device), interpolation)
+    t_alpha = qs[0]
+    t_beta = qs[n_knots - 1] if surrogate == "trapezoid" else qs[1]
+    scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta
+
+    pos_w = positive_weights(numer, weight, dtype)
+    den = pos_w.sum(0)
+    n_numer = numer.sum(0)
+    gated = pos.any(0) & neg_iid.any(0) & (n_numer > 0) & (den > 0)
+    degenerate = gated & ~(scale > MIN_DISPERSION)
+    valid = gated & ~degenerate
+    tau_eff = temperature * scale
+    tau_safe = torch.where(valid, tau_eff, torch.ones_like(tau_eff))
+    in_band = (s >= torch.nan_to_num(t_beta, nan=0.0)) & (s <= torch.nan_to_num(t_alpha, nan=0.0))
+
+    if surrogate == "trapezoid":
+        knots = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
+        omega = torch.ones(n_knots, dtype=dtype, device=s.device)
+        omega[0] = omega[-1] = 0.5
+        sig = torch.sigmoid((scores.unsqueeze(2) - knots) / tau_safe.unsqueeze(1))  # [M, C, K]
+        contrib = (sig * omega).sum(2) / (n_knots - 1)  # [M, C]: v_i, the band-mean soft TPR of row i
+        pauc = safe_divide((contrib * pos_w).sum(0), den)
+        var_cls, var_rows = numer.t().nonzero(as_tuple=True)
+        v = contrib.detach().t()[var_cls, var_rows]
+    else:
+        band = neg & in_band  # every pooled negative in the band, iid or not
+        n_band = band.sum(0)
+        valid = valid & (n_band > 0)
+        width = int(n_band.max())
+        # Band rows of each class first (stable), padded to the widest band.
+        order = torch.sort((~band).to(torch.uint8), dim=0, stable=True).indices[:width]  # [B, C]
+        band_scores = scores.gather(0, order).t()  # [C, B]
+        band_ok = (torch.arange(width, device=s.device).unsqueeze(1) < n_band).t()  # [C, B]
+        var_cls, var_rows = numer.t().nonzero(as_tuple=True)
+        s_i = scores.t()[var_cls, var_rows].unsqueeze(1)
+        sig = torch.sigmoid((s_i - band_scores[var_cls]) / tau_safe[var_cls].unsqueeze(1))  # [P, B]
+        per_pos = safe_divide((sig * band_ok[var_cls]).sum(1), n_band[var_cls].to(dtype))
+        w_pairs = pos_w.t()[numer.t()]
+        pauc = safe_divide(scores.new_zeros(num_classes).index_add(0, var_cls, w_pairs * per_pos), den)
+        v = per_pos.detach()
+
+    nan = torch.full_like(t_alpha, float("nan"))
+    stats = {
+        "t_alpha": torch.where(valid, t_alpha, nan),
+        "t_beta": torch.where(valid, t_beta, nan),
+        "tau_eff": torch.where(valid, tau_eff, nan),
+        "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
+        "pauc_var": torch.where(valid, _class_mean_var(v, var_cls, n_numer, num_classes), nan),
+        "grad_pos_count": (pos & live.unsqueeze(1)).sum(0),
+    }
+    return RankingResult(1.0 - pauc, valid, stats, degenerate)
+
+
+def pauc_at_budget_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = 0.0,
+    beta: float = 0.005,
+    surrogate: str = "trapezoid",
+    n_knots: int = 2,
+    tau_scale: str = "iqr",
+    pos_numerator: str = "pool",
+    budget_basis: str = "fpr",
+    temperature: float = 0.1,
+    quantile_interpolation: str = "higher",
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    iid_mask: Tensor | None = None,
+    live_mask: Tensor | None = None,
+    sample_weight: Tensor | None = None,
+    return_per_class: bool = False,
+    return_diagnostics: bool = False,
+    validate_args: bool = True,
+) -> Any:
+    r"""Partial-AUC loss over the false-positive band ``[alpha, beta]``.
+
+    Thresholds are detached quantiles of a reference set ``Ref`` (iid negatives for
+    ``budget_basis='fpr'``, every iid row for ``'population'``):
+    :math:`t_\alpha = Q_{1-\alpha}(\mathrm{Ref})`, :math:`t_\beta = Q_{1-\beta}(\mathrm{Ref})`.
+    The temperature is scale-aware: :math:`\tau_{eff} = \tau \cdot \mathrm{scale}` with
+    ``scale`` the inter-quartile range of ``Ref`` (``tau_scale='iqr'``) or
+    :math:`t_\alpha - t_\beta` (``'band'``). With numerator positives :math:`P_n` (all pooled
+    positives, or only live ones for ``pos_numerator='live'``):
+
+    Trapezoid (``K = n_knots`` knots :math:`t_k` at FPR levels spread evenly over the band):
+
+    .. math::
+        \mathrm{TPR}_k = \frac{\sum_{i \in P_n} w_i \sigma((s_i - t_k)/\tau_{eff})}{\sum_{i \in P_n} w_i},\qquad
+        \mathrm{pAUC} = \frac{\tfrac12 \mathrm{TPR}_0 + \sum_{k=1}^{K-2}\mathrm{TPR}_k + \tfrac12 \mathrm{TPR}_{K-1}}{K-1}
+
+    Pairwise, against the band negatives :math:`B = \{j \in N : t_\beta \le s_j \le t_\alpha\}`:
+
+    .. math::
+        \mathrm{pAUC} = \frac{\sum_{i \in P_n} w_i \sum_{j \in B} \sigma((s_i - s_j)/\tau_{eff})}
+                             {|B| \sum_{i \in P_n} w_i}
+
+    and :math:`L_c = 1 - \mathrm{pAUC}_c \in [0, 1]`. As :math:`\tau \to 0` the pairwise form
+    tends to the fraction of (positive, band-negative) pairs ranked correctly and the
+    trapezoid form to the band-mean of the TPR at the knots.
+
+    Args:
+        logits: ``[M, C]`` scores (``C = 1`` is binary mode).
+        targets: ``[M]`` class ids (binary: ``{0, 1}``); ``ignore_index`` rows are excluded.
+        alpha: Lower FPR edge of the band, ``0 <= alpha < beta``.
+        beta: Upper FPR edge (the budget), ``beta <= 1``.
+        surrogate: ``'trapezoid'`` (gradient to positives only) or ``'pairwise'`` (band
+            negatives are pushed down too).
+        n_knots: Number of trapezoid knots, an ``int >= 2`` (ignored by ``'pairwise'``).
+        tau_scale: ``'iqr'`` or ``'band'``, the dispersion that scales ``temperature``.
+        pos_numerator: ``'pool'`` or ``'live'`` (numerator over the ``live_mask`` rows only).
+        budget_basis: ``'fpr'`` or ``'population'``, the reference set of the thresholds.
+        temperature: Dimensionless multiplier of the dispersion.
+        quantile_interpolation: :func:`torch.quantile` interpolation mode.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
+        ignore_index: Target value of rows to leave out.
+        iid_mask: Optional ``[M]`` bool; only iid rows define the thresholds (default all).
+        live_mask: Optional ``[M]`` bool marking the rows of the current batch (default all).
+        sample_weight: Optional ``[M]`` weights; only numerator positives' weights matter.
+        return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
+        return_diagnostics: Also return a dict of ``[C]`` tensors: ``t_alpha``, ``t_beta``,
+            ``tau_eff``, ``band_neg_count`` (iid negatives in the band), ``pauc_var``
+            (variance of the positives' contributions) and ``grad_pos_count`` (live positives).
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        ``loss``; ``(loss, per_class, valid)``; ``(loss, stats)``; or
+        ``(loss, per_class, valid, stats)``. A class is invalid when it has no positive, no
+        iid negative, no numerator positive, zero positive weight, a reference dispersion
+        ``<= 1e-12`` (warned), or (pairwise) an empty band.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range class id, non-finite logit or bad option.
+        TypeError: On a non-tensor input, non-float logits or a non-int ``n_knots``.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.functional import pauc_at_budget_loss
+        >>> logits = torch.cat([torch.linspace(-3, 0, 200), torch.tensor([2.0, 3.0])]).unsqueeze(1)
+        >>> targets = torch.cat([torch.zeros(200), torch.ones(2)]).long()
+        >>> float(pauc_at_budget_loss(logits, targets, beta=0.05, surrogate="pairwise", temperature=0.01))
+        0.0
+    """
+    alpha, beta = check_pauc_args(
+        alpha=alpha,
+        beta=beta,
+        n_knots=n_knots,
+        surrogate=surrogate,
+        tau_scale=tau_scale,
+        pos_numerator=pos_numerator,
+        budget_basis=budget_basis,
+    )
+    temperature = check_float("temperature", temperature, low=0.0)
+    check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
+    check_bool("return_per_class", return_per_class)
+    check_bool("return_diagnostics", return_diagnostics)
+    pool = functional_pool(
+        logits, targets, ignore_index=ignore_index, sample_weight=sample_weight, validate_args=validate_args
+    )
+    n, device = pool.scores.shape[0], pool.scores.device
+    result = pauc_at_budget_core(
+        pool,
+        iid=row_mask("iid_mask", iid_mask, n, device),
+        live=row_mask("live_mask", live_mask, n, device),
+        alpha=alpha,
+        beta=beta,
+        surrogate=surrogate,
+        n_knots=n_knots,
+        tau_scale=tau_scale,
+        pos_numerator=pos_numerator,
+        budget_basis=budget_basis,
+        temperature=temperature,
+        interpolation=quantile_interpolation,
+    )
+    if result.degenerate is not None and bool(result.degenerate.any()):
+        warn(dispersion_message(alpha=alpha, budget_basis=budget_basis, tau_scale=tau_scale))
+    return package(
+        result,
+        reduction=reduction,
+        anchor=logits,
+        return_per_class=return_per_class,
+        return_diagnostics=return_diagnostics,
+    )

@@ -1,0 +1,107 @@
+r"""Soft recall above a score quantile: recall inside a top-``q`` alert budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_bool, check_float
+from ._common import (
+    Pool,
+    RankingResult,
+    check_common,
+    functional_pool,
+    masked_column_quantiles,
+    package,
+    positive_weights,
+    safe_divide,
+)
+
+
+def recall_at_quantile_core(
+    pool: Pool, *, quantile: float, temperature: float, interpolation: str = "higher"
+) -> RankingResult:
+    """Per-class loss ``1 - soft recall`` above the detached ``1 - quantile`` score quantile (no reduction).
+
+    The threshold of class ``c`` is taken over every row of the pool that takes part in ``c``
+    (positives and negatives alike), with :func:`torch.quantile`'s interpolation rules.
+    """
+    scores, pos, neg, weight = pool
+    levels = torch.tensor([1.0 - quantile], dtype=scores.dtype, device=scores.device)
+    thresholds, _ = masked_column_quantiles(scores, pos | neg, levels, interpolation)
+    theta = torch.nan_to_num(thresholds[0], nan=0.0)  # [C]; empty columns are invalid anyway
+    pos_w = positive_weights(pos, weight, scores.dtype)
+    soft_hits = torch.sigmoid((scores - theta) / temperature)
+    den = pos_w.sum(0)
+    recall = safe_divide((soft_hits * pos_w).sum(0), den)
+    valid = pos.any(0) & (den > 0)
+    return RankingResult(1.0 - recall, valid)
+
+
+def recall_at_quantile_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    quantile: float = 0.005,
+    temperature: float = 0.01,
+    quantile_interpolation: str = "higher",
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    sample_weight: Tensor | None = None,
+    return_per_class: bool = False,
+    validate_args: bool = True,
+) -> Any:
+    r"""Recall-at-quantile loss: one minus the soft recall of the top ``quantile`` of the pool.
+
+    For each class :math:`c`, with the detached threshold
+    :math:`\theta_c = Q_{1-q}(\{s_j\})` over the pooled column:
+
+    .. math::
+        \mathrm{rec}_c = \frac{\sum_{i \in P_c} w_i\, \sigma\!\left((s_i - \theta_c)/\tau\right)}
+                              {\sum_{i \in P_c} w_i}, \qquad L_c = 1 - \mathrm{rec}_c \in [0, 1]
+
+    As :math:`\tau \to 0`, :math:`\mathrm{rec}_c` tends to the fraction of positives scored
+    above :math:`\theta_c`. Only positives receive gradient (the threshold is detached).
+
+    Args:
+        logits: ``[M, C]`` scores (``C = 1`` is binary mode).
+        targets: ``[M]`` class ids (binary: ``{0, 1}``); ``ignore_index`` rows are excluded.
+        quantile: Budget :math:`q \in (0, 1)`, e.g. ``0.005`` for the top 50 bps.
+        temperature: Sigmoid temperature :math:`\tau`, in logit units.
+        quantile_interpolation: :func:`torch.quantile` interpolation: ``linear``, ``lower``,
+            ``higher`` (default; never below the exact order statistic), ``nearest``, ``midpoint``.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
+        ignore_index: Target value of rows to leave out.
+        sample_weight: Optional ``[M]`` weights; only positives' weights matter.
+        return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        ``loss``, or ``(loss, per_class, valid)``. A class is invalid when it has no positive
+        (or zero positive weight); an all-positive pool is valid.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range class id, non-finite logit or bad option.
+        TypeError: On a non-tensor input or non-float logits.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.functional import recall_at_quantile_loss
+        >>> logits = torch.arange(10.0).unsqueeze(1)  # scores 0..9
+        >>> targets = (torch.arange(10) >= 8).long()   # the two best rows are positive
+        >>> float(recall_at_quantile_loss(logits, targets, quantile=0.3, temperature=1e-3))
+        0.0
+    """
+    quantile = check_float("quantile", quantile, low=0.0, high=1.0)
+    temperature = check_float("temperature", temperature, low=0.0)
+    check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
+    check_bool("return_per_class", return_per_class)
+    pool = functional_pool(
+        logits, targets, ignore_index=ignore_index, sample_weight=sample_weight, validate_args=validate_args
+    )
+    result = recall_at_quantile_core(
+        pool, quantile=quantile, temperature=temperature, interpolation=quantile_interpolation
+    )
+    return package(result, reduction=reduction, anchor=logits, return_per_class=return_per_class)

@@ -1,0 +1,114 @@
+"""Recall-at-quantile loss module (:class:`RecallAtQuantileLoss`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import RankingLoss
+from ._validation import INTERPOLATIONS, check_choice, check_float
+from .functional.recall_at_quantile import recall_at_quantile_core
+
+__all__ = ["RecallAtQuantileLoss"]
+
+
+class RecallAtQuantileLoss(RankingLoss):
+    r"""Soft recall of each class above the pool's top-``quantile`` score threshold.
+
+    .. math::
+        \theta_c = Q_{1-q}(\mathrm{sg}(s_{\cdot c})), \qquad
+        L_c = 1 - \frac{1}{|P_c|}\sum_{i \in P_c} \sigma\!\left(\frac{s_i - \theta_c}{\tau}\right)
+
+    with :math:`Q` the quantile over every pooled row (live + queue) using
+    ``quantile_interpolation``. Only positives receive gradient. See
+    :func:`imbalanced_losses.functional.recall_at_quantile_loss`.
+
+    Args:
+        num_classes: Logit columns ``C``; ``1`` is binary mode.
+        quantile: Alert budget :math:`q \in (0, 1)` (``0.005`` = top 50 bps).
+        queue_size: Rows kept from past batches (``0`` disables the queue).
+        temperature: Sigmoid temperature :math:`\tau` in logit units.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
+        ignore_index: Target value of rows to leave out.
+        update_queue_in_eval: Also update the queue in eval mode.
+        gather_distributed: ``None`` (auto), ``True`` (require) or ``False`` (never).
+        quantile_interpolation: ``'higher'`` (default), ``'linear'``, ``'lower'``,
+            ``'nearest'`` or ``'midpoint'``, as in :func:`torch.quantile`.
+        max_pool_size: Optional cap on the pool size.
+        generator: Optional :class:`torch.Generator` for the subsampling.
+        validate_args: Run the checks that need a host synchronisation.
+
+    Shape:
+        - logits: ``[N, C]``; targets: ``[N]``; output: scalar, or ``[C]`` for ``'none'``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        quantile: float = 0.005,
+        queue_size: int = 1024,
+        temperature: float = 0.01,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        update_queue_in_eval: bool = False,
+        gather_distributed: bool | None = None,
+        quantile_interpolation: str = "higher",
+        max_pool_size: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        quantile = check_float("quantile", quantile, low=0.0, high=1.0)
+        check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+        super().__init__(
+            num_classes,
+            queue_size,
+            temperature,
+            reduction,
+            ignore_index,
+            update_queue_in_eval,
+            gather_distributed,
+            max_pool_size,
+            generator=generator,
+            validate_args=validate_args,
+        )
+        self.quantile = quantile
+        self.quantile_interpolation = quantile_interpolation
+
+    def _extra_repr_names(self) -> list[str]:
+        return ["quantile", "quantile_interpolation"]
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        iid_mask: Tensor | None = None,
+        return_per_class: bool = False,
+        *,
+        sample_weight: Tensor | None = None,
+    ) -> Any:
+        """Compute the loss on the live batch plus the queue, then enqueue the batch.
+
+        Args:
+            logits: ``[N, C]`` scores.
+            targets: ``[N]`` class ids (binary: ``{0, 1}``).
+            iid_mask: Optional ``[N]`` bool flags, stored in the queue (no effect on this loss).
+            return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
+            sample_weight: Optional ``[N]`` non-negative weights of the positives.
+
+        Returns:
+            ``loss`` or ``(loss, per_class, valid)``.
+        """
+        temperature, quantile, interpolation = float(self.temperature), self.quantile, self.quantile_interpolation
+        result, _ = self._run(
+            logits,
+            targets,
+            iid_mask,
+            sample_weight,
+            lambda pool, iid, live: recall_at_quantile_core(
+                pool, quantile=quantile, temperature=temperature, interpolation=interpolation
+            ),
+        )
+        return self._finish(result, logits, return_per_class)
