@@ -115,6 +115,11 @@ class RankingLoss(nn.Module):
         logits = check_logits(logits, num_classes)
         n = logits.shape[0]
         targets = check_targets(targets, n)
+        if isinstance(iid_mask, bool):
+            raise TypeError(
+                f"`iid_mask` (the third positional argument) must be a [N] tensor or None, got {iid_mask!r}; "
+                "pass flags by keyword, e.g. return_per_class=True."
+            )
         iid = check_row_vector("iid_mask", iid_mask, n)
         weight = check_sample_weight(sample_weight, n, validate_args=self.validate_args)
         if self.validate_args:
@@ -129,7 +134,9 @@ class RankingLoss(nn.Module):
                     "`sample_weight` is entirely zero: every class has zero positive weight and the loss "
                     "falls through to its degenerate (zero) value.",
                 )
-        ids = normalize_targets(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=self.validate_args)
+        ids = normalize_targets(
+            targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=self.validate_args
+        )
         iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid.detach().bool()
         if weight is not None:
             weight = weight.to(device=logits.device, dtype=compute_dtype(logits))

@@ -63,7 +63,9 @@ def check_float(
         if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
             value = float(value.item())
         else:
-            raise ArgumentTypeError(f"`{name}` must be a real number, got {_fmt(value)} of type {type(value).__name__}.")
+            raise ArgumentTypeError(
+                f"`{name}` must be a real number, got {_fmt(value)} of type {type(value).__name__}."
+            )
     out = float(value)
     lo_txt = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi_txt = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
@@ -126,7 +128,9 @@ def check_targets(targets: Any, n: int) -> Tensor:
     if targets.ndim == 2 and targets.shape[1] == 1:
         targets = targets.squeeze(1)
     if targets.ndim != 1 or targets.shape[0] != n:
-        raise ValueError(f"`targets` must have shape [{n}] (or [{n}, 1]) to match `logits`, got {tuple(targets.shape)}.")
+        raise ValueError(
+            f"`targets` must have shape [{n}] (or [{n}, 1]) to match `logits`, got {tuple(targets.shape)}."
+        )
     if targets.is_complex():
         raise TypeError(f"`targets` must be an integer, bool or float tensor, got dtype {targets.dtype}.")
     return targets

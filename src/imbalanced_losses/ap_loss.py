@@ -49,7 +49,8 @@ class SmoothAPLoss(RankingLoss):
         >>> from imbalanced_losses import SmoothAPLoss
         >>> loss_fn = SmoothAPLoss(num_classes=4, queue_size=1024, temperature=0.01)
         >>> loss = loss_fn(torch.randn(32, 4, requires_grad=True), torch.randint(0, 4, (32,)))
-        >>> bool(0.0 <= float(loss) <= 1.0)
+        >>> loss.backward()
+        >>> bool(0.0 <= loss.detach().item() <= 1.0)
         True
     """
 
@@ -105,6 +106,10 @@ class SmoothAPLoss(RankingLoss):
         """
         temperature = float(self.temperature)
         result, _ = self._run(
-            logits, targets, iid_mask, sample_weight, lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature)
+            logits,
+            targets,
+            iid_mask,
+            sample_weight,
+            lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature),
         )
         return self._finish(result, logits, return_per_class)

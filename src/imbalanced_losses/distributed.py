@@ -65,7 +65,7 @@ def _gather(tensor: Tensor, counts: list[int]) -> list[Tensor]:
         send = torch.cat([send, pad])
     pieces = [torch.empty_like(send) for _ in counts]
     dist.all_gather(pieces, send.contiguous())
-    out = [p[:c] for p, c in zip(pieces, counts)]
+    out = [p[:c] for p, c in zip(pieces, counts, strict=True)]
     return [p.bool() for p in out] if is_bool else out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -135,23 +136,20 @@ class PAUCAtBudgetLoss(RankingLoss):
             ``(loss, per_class, valid, stats)``.
         """
         check_bool("return_diagnostics", return_diagnostics)
-        options = {
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "surrogate": self.surrogate,
-            "n_knots": self.n_knots,
-            "tau_scale": self.tau_scale,
-            "pos_numerator": self.pos_numerator,
-            "budget_basis": self.budget_basis,
-            "temperature": float(self.temperature),
-            "interpolation": self.quantile_interpolation,
-        }
+        core = functools.partial(
+            pauc_at_budget_core,
+            alpha=self.alpha,
+            beta=self.beta,
+            surrogate=self.surrogate,
+            n_knots=self.n_knots,
+            tau_scale=self.tau_scale,
+            pos_numerator=self.pos_numerator,
+            budget_basis=self.budget_basis,
+            temperature=float(self.temperature),
+            interpolation=self.quantile_interpolation,
+        )
         result, local_ids = self._run(
-            logits,
-            targets,
-            iid_mask,
-            sample_weight,
-            lambda pool, iid, live: pauc_at_budget_core(pool, iid=iid, live=live, **options),
+            logits, targets, iid_mask, sample_weight, lambda pool, iid, live: core(pool, iid=iid, live=live)
         )
         if result.degenerate is not None and bool(result.degenerate.any()):
             self._warn_once(

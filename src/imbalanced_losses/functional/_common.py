@@ -12,7 +12,7 @@ work is vectorised over ``C``; nothing here loops over classes in Python.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -214,17 +214,16 @@ def package(
     anchor: Tensor,
     return_per_class: bool,
     return_diagnostics: bool = False,
-) -> Tensor | tuple[Tensor, ...]:
+) -> Any:
     """Reduce a result and assemble the public return form.
 
     ``loss``; ``(loss, per_class, valid)`` with ``return_per_class``; ``(loss, stats)`` with
     ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
     """
     loss, per_class = reduce_classes(result, reduction, anchor)
-    out: tuple[Tensor, ...] = (loss,)
+    out: tuple[Any, ...] = (loss,)
     if return_per_class:
         out += (per_class, result.valid)
     if return_diagnostics:
-        assert result.stats is not None
-        return (*out, result.stats)  # type: ignore[return-value]
+        out += (result.stats,)
     return out if len(out) > 1 else loss

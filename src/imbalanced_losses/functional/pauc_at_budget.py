@@ -195,7 +195,8 @@ def pauc_at_budget_loss(
 
     .. math::
         \mathrm{TPR}_k = \frac{\sum_{i \in P_n} w_i \sigma((s_i - t_k)/\tau_{eff})}{\sum_{i \in P_n} w_i},\qquad
-        \mathrm{pAUC} = \frac{\tfrac12 \mathrm{TPR}_0 + \sum_{k=1}^{K-2}\mathrm{TPR}_k + \tfrac12 \mathrm{TPR}_{K-1}}{K-1}
+        \mathrm{pAUC} = \frac{1}{K-1}\Big(\tfrac12 \mathrm{TPR}_0 + \sum_{k=1}^{K-2}\mathrm{TPR}_k
+                        + \tfrac12 \mathrm{TPR}_{K-1}\Big)
 
     Pairwise, against the band negatives :math:`B = \{j \in N : t_\beta \le s_j \le t_\alpha\}`:
 

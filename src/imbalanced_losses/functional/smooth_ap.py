@@ -11,7 +11,9 @@ from .._validation import check_bool, check_float
 from ._common import Pool, RankingResult, check_common, functional_pool, package, positive_weights, safe_divide
 
 
-def smooth_ap_soft_ranks(scores: Tensor, pos: Tensor, member: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+def smooth_ap_soft_ranks(
+    scores: Tensor, pos: Tensor, member: Tensor, temperature: float
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""Soft ranks of every (class, positive) pair of the pool.
 
     For the positives ``k`` of class ``c`` (pairs taken in class-major order):
