@@ -145,9 +145,7 @@ def quantile_cells(values: Sequence[float], levels: Sequence[float]) -> set[int]
     return out
 
 
-def ref_reduce(
-    per_class: torch.Tensor, valid: torch.Tensor, reduction: str, logits: torch.Tensor
-) -> torch.Tensor:
+def ref_reduce(per_class: torch.Tensor, valid: torch.Tensor, reduction: str, logits: torch.Tensor) -> torch.Tensor:
     """Reduce a reference per-class vector like §2.5 + SPEC D6.
 
     ``'none'``: per-class vector, ``nan`` where invalid. ``'sum'`` / ``'mean'``: sum / arithmetic mean
@@ -298,9 +296,7 @@ def ref_pauc(
     Returns ``(per_class, valid, diag)`` with ``diag`` holding ``t_alpha``, ``t_beta``, ``tau_eff``,
     ``pauc_var`` (float, ``nan`` for invalid classes) and ``band_neg_count`` (int64, 0 for invalid).
     """
-    pool = _Pool(
-        logits, targets, ignore_index, sample_weight=sample_weight, iid_mask=iid_mask, live_mask=live_mask
-    )
+    pool = _Pool(logits, targets, ignore_index, sample_weight=sample_weight, iid_mask=iid_mask, live_mask=live_mask)
     dtype = pool.dtype
     losses: list[torch.Tensor | None] = []
     diag: dict[str, list] = {"t_alpha": [], "t_beta": [], "tau_eff": [], "band_neg_count": [], "pauc_var": []}
@@ -329,7 +325,10 @@ def ref_pauc(
             ref = [pool.value(r, c) for r in neg_iid]
         else:
             ref = [pool.value(r, c) for r in rows if pool.iid[r]]
-        q = lambda lv: _quantile(ref, lv, interpolation, dtype)  # noqa: E731
+
+        def q(level: float, ref: list[float] = ref) -> float:
+            return _quantile(ref, level, interpolation, dtype)
+
         t_alpha = q(1.0 - alpha)
         t_beta = q(1.0 - beta)
         scale = (q(0.75) - q(0.25)) if tau_scale == "iqr" else (t_alpha - t_beta)
@@ -346,7 +345,7 @@ def ref_pauc(
             omega = [0.5] + [1.0] * (n_knots - 2) + [0.5]
             for i in numer:
                 v = None
-                for wk, tk in zip(omega, knots):
+                for wk, tk in zip(omega, knots, strict=True):
                     term = wk * torch.sigmoid((pool.cells[i][c] - tk) / tau_eff)
                     v = term if v is None else v + term
                 contrib[i] = v / (n_knots - 1)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 try:
-    import _references as R
+    import _references as refs
 except ImportError:  # pragma: no cover - depends on pytest's import mode
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _references as R
+    import _references as refs
 
 from imbalanced_losses.functional import smooth_ap_loss
 
@@ -31,16 +31,28 @@ CASES = [
     ("binary-ties-tau0.01", dict(seed=5, n=24, num_classes=1, ties=True, pos_rate=0.5), dict(temperature=0.01)),
     ("binary-ignore", dict(seed=6, n=26, num_classes=1, n_ignore=6), dict(temperature=0.1)),
     ("binary-weighted", dict(seed=7, n=24, num_classes=1, weights="rand"), dict(temperature=0.1)),
-    ("binary-weighted-somezero", dict(seed=8, n=24, num_classes=1, weights="some_zero", ties=True), dict(temperature=0.2)),
+    (
+        "binary-weighted-somezero",
+        dict(seed=8, n=24, num_classes=1, weights="some_zero", ties=True),
+        dict(temperature=0.2),
+    ),
     ("binary-weighted-allposzero", dict(seed=9, n=16, num_classes=1, weights="class1_zero"), dict(temperature=0.1)),
     ("binary-single-positive", dict(seed=10, n=12, num_classes=1, pos_rate=0.0), dict(temperature=0.1)),
     ("mc3-tau0.1", dict(seed=11, n=24, num_classes=3), dict(temperature=0.1)),
     ("mc3-tau0.01", dict(seed=12, n=24, num_classes=3), dict(temperature=0.01)),
     ("mc4-ties-ignore", dict(seed=13, n=28, num_classes=4, ties=True, n_ignore=5), dict(temperature=0.1)),
-    ("mc4-ties-ignore-weighted", dict(seed=14, n=28, num_classes=4, ties=True, n_ignore=4, weights="rand"), dict(temperature=0.05)),
+    (
+        "mc4-ties-ignore-weighted",
+        dict(seed=14, n=28, num_classes=4, ties=True, n_ignore=4, weights="rand"),
+        dict(temperature=0.05),
+    ),
     ("mc4-absent-class", dict(seed=15, n=24, num_classes=4, absent=(2,)), dict(temperature=0.1)),
     ("mc3-class1-zero-weight", dict(seed=16, n=24, num_classes=3, weights="class1_zero"), dict(temperature=0.1)),
-    ("mc3-ignore_index-minus1", dict(seed=17, n=24, num_classes=3, n_ignore=5, ignore_index=-1), dict(temperature=0.1, ignore_index=-1)),
+    (
+        "mc3-ignore_index-minus1",
+        dict(seed=17, n=24, num_classes=3, n_ignore=5, ignore_index=-1),
+        dict(temperature=0.1, ignore_index=-1),
+    ),
     ("mc3-large-logits", dict(seed=18, n=20, num_classes=3, scale=20.0), dict(temperature=0.5)),
 ]
 
@@ -58,10 +70,8 @@ def _run(data: dict, loss_kw: dict, reduction: str):
     temperature = loss_kw.get("temperature", 0.01)
 
     def ref(x):
-        per_class, valid = R.ref_smooth_ap(
-            x, t, temperature=temperature, ignore_index=ignore_index, sample_weight=w
-        )
-        return R.ref_reduce(per_class, valid, reduction, x), per_class, valid
+        per_class, valid = refs.ref_smooth_ap(x, t, temperature=temperature, ignore_index=ignore_index, sample_weight=w)
+        return refs.ref_reduce(per_class, valid, reduction, x), per_class, valid
 
     def lib(x):
         return smooth_ap_loss(x, t, reduction=reduction, sample_weight=w, return_per_class=True, **loss_kw)
@@ -72,27 +82,28 @@ def _run(data: dict, loss_kw: dict, reduction: str):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize(("case_id", "data_kw", "loss_kw"), CASES, ids=[c[0] for c in CASES])
 def test_functional_matches_reference(case_id, data_kw, loss_kw, reduction):
-    data = R.make_case(**data_kw)
+    data = refs.make_case(**data_kw)
     _fix_single_positive(case_id, data)
     ref, lib = _run(data, loss_kw, reduction)
     x = data["logits"]
 
-    _, _, (_, ref_pc, ref_valid) = R.value_and_grad(ref, x)
-    exp, g_exp, _ = R.value_and_grad(ref, x, ref_valid)
-    got, g_got, res = R.value_and_grad(lib, x, ref_valid)
+    _, _, (_, ref_pc, ref_valid) = refs.value_and_grad(ref, x)
+    exp, g_exp, _ = refs.value_and_grad(ref, x, ref_valid)
+    got, g_got, res = refs.value_and_grad(lib, x, ref_valid)
 
-    assert isinstance(res, tuple) and len(res) == 3
+    assert isinstance(res, tuple)
+    assert len(res) == 3
     _, pc, valid = res
     assert valid.dtype == torch.bool
     assert valid.tolist() == ref_valid.tolist()
-    R.assert_loss_close(pc, ref_pc, "per_class")
-    R.assert_loss_close(got, exp, f"loss ({reduction})")
-    R.assert_grad_close(g_got, g_exp)
+    refs.assert_loss_close(pc, ref_pc, "per_class")
+    refs.assert_loss_close(got, exp, f"loss ({reduction})")
+    refs.assert_grad_close(g_got, g_exp)
 
     # The plain return form gives the same value.
     plain = smooth_ap_loss(x, data["targets"], reduction=reduction, sample_weight=data["sample_weight"], **loss_kw)
     assert isinstance(plain, torch.Tensor)
-    R.assert_loss_close(plain, exp, "plain-form loss")
+    refs.assert_loss_close(plain, exp, "plain-form loss")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -117,11 +128,14 @@ def test_empty_pool_is_nan_per_class(num_classes):
     x = torch.randn(6, num_classes, dtype=torch.float64, requires_grad=True)
     t = torch.full((6,), -100, dtype=torch.long)
     none, pc, valid = smooth_ap_loss(x, t, temperature=0.1, reduction="none", return_per_class=True)
-    assert none.shape == (num_classes,) and torch.isnan(none).all() and torch.isnan(pc).all()
+    assert none.shape == (num_classes,)
+    assert torch.isnan(none).all()
+    assert torch.isnan(pc).all()
     assert valid.tolist() == [False] * num_classes
     for reduction in ("mean", "sum"):
         loss = smooth_ap_loss(x, t, temperature=0.1, reduction=reduction)
-        assert loss.ndim == 0 and loss.item() == 0.0
+        assert loss.ndim == 0
+        assert loss.item() == 0.0
         (g,) = torch.autograd.grad(loss, x)
         assert torch.equal(g, torch.zeros_like(x))
 
@@ -132,7 +146,7 @@ def test_reference_self_check_against_sklearn():
     g = torch.Generator().manual_seed(0)
     x = (torch.randperm(30, generator=g).double() * 0.1).reshape(30, 1)
     t = (torch.rand(30, generator=g) < 0.3).long()
-    pc, valid = R.ref_smooth_ap(x, t, temperature=1e-3)
+    pc, valid = refs.ref_smooth_ap(x, t, temperature=1e-3)
     ap = sklearn_metrics.average_precision_score(t.numpy(), x[:, 0].numpy())
     assert bool(valid[0])
     assert abs((1.0 - pc[0].item()) - ap) < 1e-12
@@ -147,10 +161,10 @@ def test_reference_self_check_ties_exclude_self():
     p at 0 tied with a negative n at 0: R_all = 1 + 1/2, R_pos = 1 -> prec = 2/3.
     """
     x = torch.tensor([[0.0], [0.0], [-1000.0]], dtype=torch.float64)
-    pc, _ = R.ref_smooth_ap(x, torch.tensor([1, 1, 0]), temperature=1.0)
+    pc, _ = refs.ref_smooth_ap(x, torch.tensor([1, 1, 0]), temperature=1.0)
     assert abs(pc[0].item()) < 1e-15
     x = torch.tensor([[0.0], [0.0]], dtype=torch.float64)
-    pc, _ = R.ref_smooth_ap(x, torch.tensor([1, 0]), temperature=1.0)
+    pc, _ = refs.ref_smooth_ap(x, torch.tensor([1, 0]), temperature=1.0)
     assert abs(pc[0].item() - (1.0 - 2.0 / 3.0)) < 1e-15
     lib = smooth_ap_loss(x, torch.tensor([1, 0]), temperature=1.0, reduction="none")
     assert abs(lib[0].item() - (1.0 - 2.0 / 3.0)) < 1e-12
@@ -169,9 +183,7 @@ QUEUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case_id", "num_classes", "batches", "weights"), QUEUE_CASES, ids=[c[0] for c in QUEUE_CASES]
-)
+@pytest.mark.parametrize(("case_id", "num_classes", "batches", "weights"), QUEUE_CASES, ids=[c[0] for c in QUEUE_CASES])
 def test_module_with_queue_matches_reference(case_id, num_classes, batches, weights):
     from imbalanced_losses import SmoothAPLoss
 
@@ -179,29 +191,31 @@ def test_module_with_queue_matches_reference(case_id, num_classes, batches, weig
     assert q_size > max(batches)
     loss_fn = SmoothAPLoss(num_classes=num_classes, queue_size=q_size, temperature=temperature).double()
     loss_fn.train()
-    ref_q = R.RefQueue(q_size, num_classes, -100)
-    for call, (n, wmode) in enumerate(zip(batches, weights)):
-        data = R.make_case(100 + call, n=n, num_classes=num_classes, ties=True, n_ignore=2, weights=wmode,
-                           float32_exact=True)
+    ref_q = refs.RefQueue(q_size, num_classes, -100)
+    for call, (n, wmode) in enumerate(zip(batches, weights, strict=True)):
+        data = refs.make_case(
+            100 + call, n=n, num_classes=num_classes, ties=True, n_ignore=2, weights=wmode, float32_exact=True
+        )
         x, t, w = data["logits"], data["targets"], data["sample_weight"]
         pool = ref_q.pool(x, t, weight=w)
 
         def ref(leaf, pool=pool, n=n):
             logits = torch.cat([leaf, pool["logits"][n:]])
-            pc, valid = R.ref_smooth_ap(logits, pool["targets"], temperature=temperature,
-                                        sample_weight=pool["sample_weight"])
-            return R.ref_reduce(pc, valid, "mean", leaf), pc, valid
+            pc, valid = refs.ref_smooth_ap(
+                logits, pool["targets"], temperature=temperature, sample_weight=pool["sample_weight"]
+            )
+            return refs.ref_reduce(pc, valid, "mean", leaf), pc, valid
 
         def lib(leaf, t=t, w=w):
             return loss_fn(leaf, t, None, True, sample_weight=w)
 
-        exp, g_exp, (_, ref_pc, ref_valid) = R.value_and_grad(ref, x)
-        got, g_got, (_, pc, valid) = R.value_and_grad(lib, x)
+        exp, g_exp, (_, ref_pc, ref_valid) = refs.value_and_grad(ref, x)
+        got, g_got, (_, pc, valid) = refs.value_and_grad(lib, x)
         assert valid.tolist() == ref_valid.tolist(), f"call {call}"
-        R.assert_loss_close(pc, ref_pc, f"call {call} per_class")
-        R.assert_loss_close(got, exp, f"call {call} loss")
-        R.assert_grad_close(g_got, g_exp, f"call {call} grad")
+        refs.assert_loss_close(pc, ref_pc, f"call {call} per_class")
+        refs.assert_loss_close(got, exp, f"call {call} loss")
+        refs.assert_grad_close(g_got, g_exp, f"call {call} grad")
         if call > 0:  # the queue must matter, or this test would prove nothing
-            alone = R.ref_smooth_ap(x, t, temperature=temperature, sample_weight=w)[0]
+            alone = refs.ref_smooth_ap(x, t, temperature=temperature, sample_weight=w)[0]
             assert not torch.allclose(alone, ref_pc, equal_nan=True), "test data error: queue has no effect"
         ref_q.enqueue(x, t, weight=w)

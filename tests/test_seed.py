@@ -35,7 +35,7 @@ def assert_scalar_in_unit_interval(loss: torch.Tensor) -> None:
     assert isinstance(loss, torch.Tensor)
     assert loss.ndim == 0
     assert torch.isfinite(loss)
-    assert 0.0 <= float(loss) <= 1.0
+    assert 0.0 <= float(loss.detach()) <= 1.0
 
 
 def queue_state(loss_fn: nn.Module) -> dict[str, torch.Tensor]:

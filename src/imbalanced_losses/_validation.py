@@ -11,6 +11,7 @@ ids) run only when ``validate_args`` is true; shape and dtype checks always run.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,7 +60,7 @@ def check_float(
 
     ``low_open``/``high_open`` choose open or closed interval ends; ``None`` means unbounded.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
             value = float(value.item())
         else:

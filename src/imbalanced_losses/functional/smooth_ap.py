@@ -34,12 +34,14 @@ def smooth_ap_soft_ranks(
     Returns:
         ``(pair_class [P], r_pos [P], r_all [P])`` for the ``P`` (class, positive) pairs.
     """
+    # Non-members get a score of -inf: their sigmoid terms are exactly 0 and carry no gradient.
+    z = (scores / temperature).masked_fill(~member, float("-inf")).t().contiguous()  # [C, M]
     pair_class, pair_row = pos.t().nonzero(as_tuple=True)
-    scores_t = scores.t()
-    s_k = scores_t[pair_class, pair_row].unsqueeze(1)
-    sig = torch.sigmoid((scores_t[pair_class] - s_k) / temperature)  # [P, M]
-    r_all = 0.5 + (sig * member.t()[pair_class]).sum(1)
-    r_pos = 0.5 + (sig * pos.t()[pair_class]).sum(1)
+    z_k = z[pair_class, pair_row].unsqueeze(1)
+    rows = z.expand(pair_class.shape[0], -1) if z.shape[0] == 1 else z.index_select(0, pair_class)
+    sig = torch.sigmoid(rows - z_k)  # [P, M]
+    r_all = 0.5 + sig.sum(1)
+    r_pos = 0.5 + (sig @ pos.to(sig.dtype)).gather(1, pair_class.unsqueeze(1)).squeeze(1)
     return pair_class, r_pos, r_all
 
 
