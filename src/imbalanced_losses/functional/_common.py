@@ -221,6 +221,11 @@ def package(
     ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
     """
     loss, per_class = reduce_classes(result, reduction, anchor)
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        # Logits without a graph (e.g. a quick check on torch.randn): the loss is a constant, but
+        # `loss.backward()` must still work, as it does for a model's output.
+        loss = loss.detach().requires_grad_()
+        per_class = loss if reduction == "none" else per_class
     out: tuple[Any, ...] = (loss,)
     if return_per_class:
         out += (per_class, result.valid)

@@ -247,7 +247,7 @@ def pauc_at_budget_loss(
         >>> from imbalanced_losses.functional import pauc_at_budget_loss
         >>> logits = torch.cat([torch.linspace(-3, 0, 200), torch.tensor([2.0, 3.0])]).unsqueeze(1)
         >>> targets = torch.cat([torch.zeros(200), torch.ones(2)]).long()
-        >>> float(pauc_at_budget_loss(logits, targets, beta=0.05, surrogate="pairwise", temperature=0.01))
+        >>> pauc_at_budget_loss(logits, targets, beta=0.05, surrogate="pairwise", temperature=0.01).item()
         0.0
     """
     alpha, beta = check_pauc_args(

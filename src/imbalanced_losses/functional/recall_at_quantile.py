@@ -91,7 +91,7 @@ def recall_at_quantile_loss(
         >>> from imbalanced_losses.functional import recall_at_quantile_loss
         >>> logits = torch.arange(10.0).unsqueeze(1)  # scores 0..9
         >>> targets = (torch.arange(10) >= 8).long()   # the two best rows are positive
-        >>> float(recall_at_quantile_loss(logits, targets, quantile=0.3, temperature=1e-3))
+        >>> recall_at_quantile_loss(logits, targets, quantile=0.3, temperature=1e-3).item()
         0.0
     """
     quantile = check_float("quantile", quantile, low=0.0, high=1.0)

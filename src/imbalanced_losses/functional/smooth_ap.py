@@ -108,7 +108,7 @@ def smooth_ap_loss(
         >>> from imbalanced_losses.functional import smooth_ap_loss
         >>> logits = torch.tensor([[2.0], [1.0], [-1.0], [0.5]])
         >>> targets = torch.tensor([1, 0, 0, 1])
-        >>> round(float(smooth_ap_loss(logits, targets, temperature=1e-3)), 4)  # AP = (1 + 2/3) / 2
+        >>> round(smooth_ap_loss(logits, targets, temperature=1e-3).item(), 4)  # AP = (1 + 2/3) / 2
         0.1667
     """
     temperature = check_float("temperature", temperature, low=0.0)
