@@ -52,17 +52,25 @@ def coverage_at_budget(scores: torch.Tensor, labels: torch.Tensor, budget: float
     return float(labels[top].sum() / labels.sum())
 
 
+class WeightedBCE(nn.Module):
+    """Class-weighted binary cross-entropy on ``[N, 1]`` logits and ``{0, 1}`` targets."""
+
+    def __init__(self, pos_weight: float) -> None:
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.bce(logits.squeeze(1), targets.float())
+
+
 def train(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
+    model.train()
+    loss_fn.train()
     for _ in range(epochs):
-        model.train()
-        loss_fn.train()
         for idx in torch.randperm(len(x), generator=g).split(1024):
-            logits = model(x[idx])
-            loss = loss_fn(logits, y[idx]) if not isinstance(loss_fn, nn.BCEWithLogitsLoss) else loss_fn(
-                logits.squeeze(1), y[idx].float()
-            )
+            loss = loss_fn(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -81,7 +89,7 @@ def main() -> None:
     split = args.n // 4
     x_test, y_test, x_train, y_train = x[:split], y[:split], x[split:], y[split:]
     n_pos = int(y_train.sum())
-    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y_train) - n_pos) / n_pos))
+    bce = WeightedBCE(pos_weight=(len(y_train) - n_pos) / n_pos)
 
     base = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
     start = time.perf_counter()
@@ -90,7 +98,9 @@ def main() -> None:
     arms: dict[str, nn.Module] = {
         "weighted BCE (continued)": bce,
         "SmoothAPLoss": SmoothAPLoss(num_classes=1, queue_size=4096, temperature=0.05),
-        "RecallAtQuantileLoss q=1%": RecallAtQuantileLoss(num_classes=1, quantile=0.01, queue_size=4096, temperature=0.1),
+        "RecallAtQuantileLoss q=1%": RecallAtQuantileLoss(
+            num_classes=1, quantile=0.01, queue_size=4096, temperature=0.1
+        ),
         "PAUCAtBudgetLoss pairwise": PAUCAtBudgetLoss(num_classes=1, beta=0.01, surrogate="pairwise", queue_size=4096),
     }
     print(f"{'arm':<28} {'AP':>7} {'coverage@1%':>12}")

@@ -42,6 +42,9 @@ __all__ = [
     "assert_grad_close",
     "assert_loss_close",
     "check_unambiguous_level",
+    "dense_pauc",
+    "dense_recall_at_quantile",
+    "dense_smooth_ap",
     "make_case",
     "pauc_levels",
     "quantile_cells",
@@ -553,3 +556,124 @@ def assert_grad_close(got: torch.Tensor | None, expected: torch.Tensor | None, w
         atol=atol,
         msg=lambda m: f"{what} differs from the reference gradient:\n{m}",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense (vectorised) versions of the same formulas, for pools too large for the loops
+# ----------------------------------------------------------------------------------------------
+# Straight [|P|, M] matrix forms of §3-§5, used to exercise the library's chunked / sorted kernels
+# (SPEC A2) at sizes where chunk boundaries and the "count instead of evaluate" shortcut kick in.
+# They are checked against the loop references above on small pools (test files).
+
+
+def _dense_pool(logits, targets, ignore_index, *extra):
+    keep = targets.reshape(-1) != ignore_index
+    out = [logits[keep], targets.reshape(-1)[keep]]
+    out += [None if e is None else e[keep] for e in extra]
+    return out
+
+
+def _pos_mask(t: torch.Tensor, c: int, num_classes: int) -> torch.Tensor:
+    return t != 0 if num_classes == 1 else t == c
+
+
+def dense_smooth_ap(logits, targets, *, temperature, ignore_index=-100, sample_weight=None):
+    x, t, w = _dense_pool(logits, targets, ignore_index, sample_weight)
+    num_classes = logits.shape[1]
+    w = torch.ones(x.shape[0], dtype=x.dtype) if w is None else w
+    losses: list[torch.Tensor | None] = []
+    for c in range(num_classes):
+        pos = _pos_mask(t, c, num_classes)
+        idx = torch.nonzero(pos).flatten()
+        wsum = float(w[pos].sum())
+        if idx.numel() == 0 or bool(pos.all()) or wsum == 0.0:
+            losses.append(None)
+            continue
+        s = x[:, c]
+        d = torch.sigmoid((s[None, :] - s[idx][:, None]) / temperature)
+        self_mask = torch.zeros_like(d, dtype=torch.bool)
+        self_mask[torch.arange(idx.numel()), idx] = True
+        d = d.masked_fill(self_mask, 0.0)
+        prec = (1.0 + (d * pos[None, :]).sum(1)) / (1.0 + d.sum(1))
+        losses.append(1.0 - (w[idx] * prec).sum() / wsum)
+    return _finish(losses, x.dtype)
+
+
+def dense_recall_at_quantile(
+    logits, targets, *, quantile, temperature, interpolation="higher", ignore_index=-100, sample_weight=None
+):
+    x, t, w = _dense_pool(logits, targets, ignore_index, sample_weight)
+    num_classes = logits.shape[1]
+    w = torch.ones(x.shape[0], dtype=x.dtype) if w is None else w
+    losses: list[torch.Tensor | None] = []
+    for c in range(num_classes):
+        pos = _pos_mask(t, c, num_classes)
+        wsum = float(w[pos].sum())
+        if not bool(pos.any()) or wsum == 0.0:
+            losses.append(None)
+            continue
+        s = x[:, c]
+        check_unambiguous_level(s.numel(), 1.0 - quantile, interpolation)
+        theta = torch.quantile(s.detach(), 1.0 - quantile, interpolation=interpolation)
+        losses.append(1.0 - (w[pos] * torch.sigmoid((s[pos] - theta) / temperature)).sum() / wsum)
+    return _finish(losses, x.dtype)
+
+
+def dense_pauc(
+    logits,
+    targets,
+    *,
+    alpha=0.0,
+    beta=0.005,
+    surrogate="trapezoid",
+    n_knots=2,
+    tau_scale="iqr",
+    pos_numerator="pool",
+    budget_basis="fpr",
+    temperature=0.1,
+    interpolation="higher",
+    ignore_index=-100,
+    iid_mask=None,
+    live_mask=None,
+    sample_weight=None,
+):
+    x, t, iid, live, w = _dense_pool(logits, targets, ignore_index, iid_mask, live_mask, sample_weight)
+    n, num_classes = x.shape
+    iid = torch.ones(n, dtype=torch.bool) if iid is None else iid.bool()
+    live = torch.ones(n, dtype=torch.bool) if live is None else live.bool()
+    w = torch.ones(n, dtype=x.dtype) if w is None else w
+    losses: list[torch.Tensor | None] = []
+    for c in range(num_classes):
+        pos = _pos_mask(t, c, num_classes)
+        neg_iid = ~pos & iid
+        numer = pos if pos_numerator == "pool" else pos & live
+        wsum = float(w[numer].sum())
+        if not bool(pos.any()) or not bool(neg_iid.any()) or not bool(numer.any()) or wsum == 0.0:
+            losses.append(None)
+            continue
+        s = x[:, c]
+        ref = s.detach()[neg_iid] if budget_basis == "fpr" else s.detach()[iid]
+
+        def q(level, ref=ref):
+            check_unambiguous_level(ref.numel(), level, interpolation)
+            return torch.quantile(ref, level, interpolation=interpolation)
+
+        t_alpha, t_beta = q(1.0 - alpha), q(1.0 - beta)
+        scale = (q(0.75) - q(0.25)) if tau_scale == "iqr" else (t_alpha - t_beta)
+        if float(scale) <= 1e-12:
+            losses.append(None)
+            continue
+        tau_eff = temperature * scale
+        if surrogate == "trapezoid":
+            knots = torch.stack([q(lv) for lv in pauc_levels(alpha, beta, n_knots)])
+            omega = torch.ones(n_knots, dtype=x.dtype)
+            omega[0] = omega[-1] = 0.5
+            v = (torch.sigmoid((s[numer][:, None] - knots[None, :]) / tau_eff) * omega).sum(1) / (n_knots - 1)
+        else:
+            band = ~pos & (s.detach() >= t_beta) & (s.detach() <= t_alpha)
+            if not bool(band.any()):
+                losses.append(None)
+                continue
+            v = torch.sigmoid((s[numer][:, None] - s[band][None, :]) / tau_eff).mean(1)
+        losses.append(1.0 - (w[numer] * v).sum() / wsum)
+    return _finish(losses, x.dtype)

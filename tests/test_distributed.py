@@ -84,7 +84,9 @@ def ddp_results() -> list[dict]:
 
 
 def test_gather_helpers_uneven(ddp_results: list[dict]) -> None:
-    expected = torch.cat([torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2).add(100 * r) for r, n in enumerate(SIZES)])
+    expected = torch.cat(
+        [torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2).add(100 * r) for r, n in enumerate(SIZES)]
+    )
     for r, res in enumerate(ddp_results):
         assert torch.equal(res["gathered"], expected)
         assert torch.equal(res["gathered_grad"], torch.ones(SIZES[r], 2, dtype=torch.float64))

@@ -118,7 +118,8 @@ def test_ctor_rejects_bad_generator(name: str) -> None:
 @ALL
 def test_ctor_accepts_valid_edge_values(name: str) -> None:
     loss_fn = make(name, num_classes=1, queue_size=0, temperature=1e-6, max_pool_size=1, reduction="none")
-    assert loss_fn.num_classes == 1 and loss_fn.max_pool_size == 1
+    assert loss_fn.num_classes == 1
+    assert loss_fn.max_pool_size == 1
     assert isinstance(make(name, temperature=1).temperature, float)
 
 
@@ -278,7 +279,7 @@ def test_iid_mask_wrong_length(name: str) -> None:
 def test_bool_as_third_positional_argument(name: str, flag: bool) -> None:
     """``loss(logits, targets, True)`` meant return_per_class: a clear TypeError naming iid_mask."""
     logits, targets = good_batch()
-    with pytest.raises(TypeError, match="`iid_mask`.*Tensor"):
+    with pytest.raises(TypeError, match="`iid_mask`"):
         make(name)(logits, targets, flag)
 
 
@@ -421,7 +422,8 @@ def expected_valid(name: str, case: str, num_classes: int) -> list[bool]:
 
 
 def assert_graph_connected_finite_grad(loss: torch.Tensor, logits: torch.Tensor) -> None:
-    assert loss.requires_grad and loss.grad_fn is not None
+    assert loss.requires_grad
+    assert loss.grad_fn is not None
     loss.backward()
     assert logits.grad is not None
     assert logits.grad.shape == logits.shape
@@ -460,7 +462,8 @@ def test_degenerate_batch_none_and_per_class(name: str, case: str) -> None:
     assert torch.isnan(out).tolist() == [not v for v in valid_expected]
 
     loss, per_class, valid = make(name, num_classes=num_classes, queue_size=0)(logits, targets, return_per_class=True)
-    assert valid.dtype == torch.bool and valid.tolist() == valid_expected
+    assert valid.dtype == torch.bool
+    assert valid.tolist() == valid_expected
     assert per_class.shape == (num_classes,)
     assert torch.isnan(per_class).tolist() == [not v for v in valid_expected]
     assert torch.isfinite(loss)
@@ -473,7 +476,9 @@ def test_pauc_diagnostics_on_an_empty_pool(surrogate: str) -> None:
     loss, per_class, valid, stats = loss_fn(
         logits, torch.zeros(0, dtype=torch.long), return_per_class=True, return_diagnostics=True
     )
-    assert float(loss.detach()) == 0.0 and torch.isnan(per_class).all() and not valid.any()
+    assert float(loss.detach()) == 0.0
+    assert torch.isnan(per_class).all()
+    assert not valid.any()
     for key in ("t_alpha", "t_beta", "tau_eff", "pauc_var"):
         assert torch.isnan(stats[key]).all(), key
     assert stats["band_neg_count"].tolist() == [0, 0, 0]
@@ -486,7 +491,8 @@ def test_empty_batch_against_a_filled_queue(name: str) -> None:
     loss_fn(*good_batch(24))
     logits = torch.randn(0, 3, requires_grad=True)
     loss = loss_fn(logits, torch.zeros(0, dtype=torch.long))
-    assert loss.shape == () and torch.isfinite(loss)
+    assert loss.shape == ()
+    assert torch.isfinite(loss)
     assert_graph_connected_finite_grad(loss, logits)
 
 
@@ -559,4 +565,20 @@ def test_all_zero_sample_weight_warns_once_at_the_users_line(name: str) -> None:
     zero = [w for w in caught if "sample_weight" in str(w.message)]
     assert len(zero) == 1
     assert zero[0].filename == __file__
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
+
+
+@pytest.mark.parametrize("fn_name", ["smooth_ap_loss", "recall_at_quantile_loss", "pauc_at_budget_loss"])
+@pytest.mark.parametrize("rows", [0, 4], ids=["no-rows", "all-ignored"])
+def test_functional_degenerate_input(fn_name: str, rows: int) -> None:
+    from imbalanced_losses import functional
+
+    fn = getattr(functional, fn_name)
+    logits = torch.randn(rows, 3, requires_grad=True)
+    targets = torch.full((rows,), -100)
+    out = fn(logits, targets, reduction="none")
+    assert out.shape == (3,)
+    assert torch.isnan(out).all()
+    loss = fn(logits, targets)
+    assert float(loss.detach()) == 0.0
+    assert_graph_connected_finite_grad(loss, logits)

@@ -108,7 +108,8 @@ def test_queue_stores_detached_rows_in_float32() -> None:
     logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     loss_fn(logits, torch.tensor([0, 1, 2, 0]))
     q = loss_fn._queue._q_logits
-    assert q.dtype == torch.float32 and not q.requires_grad
+    assert q.dtype == torch.float32
+    assert not q.requires_grad
     assert torch.equal(q[:4], logits.detach().float())
 
 
@@ -159,7 +160,8 @@ def test_queue_rows_are_cast_to_the_live_dtype_and_never_carry_gradient() -> Non
     merged = loss_fn._queue.merge(logits, torch.tensor([0, 1, 2]), torch.ones(3, dtype=torch.bool), None)
     assert merged.logits.dtype == torch.float64
     merged.logits.sum().backward()
-    assert logits.grad is not None and (logits.grad == 1).all()
+    assert logits.grad is not None
+    assert (logits.grad == 1).all()
 
 
 @ALL
@@ -262,20 +264,29 @@ def test_float_cast_changes_logits_and_weight_buffers_only(cast: str) -> None:
 def test_half_cast() -> None:
     loss_fn = SmoothAPLoss(num_classes=3, queue_size=8).half()
     q = loss_fn._queue
-    assert q._q_logits.dtype == torch.float16 and q._q_weight.dtype == torch.float16
-    assert q._q_targets.dtype == torch.int64 and q._q_iid.dtype == torch.bool
+    assert q._q_logits.dtype == torch.float16
+    assert q._q_weight.dtype == torch.float16
+    assert q._q_targets.dtype == torch.int64
+    assert q._q_iid.dtype == torch.bool
 
 
 def test_default_buffer_dtypes_and_shapes() -> None:
     loss_fn = PAUCAtBudgetLoss(num_classes=4, queue_size=6)
     sd = loss_fn.state_dict()
-    assert sd["_queue._q_logits"].shape == (6, 4) and sd["_queue._q_logits"].dtype == torch.float32
-    assert sd["_queue._q_targets"].shape == (6,) and sd["_queue._q_targets"].dtype == torch.int64
-    assert sd["_queue._q_ptr"].shape == (1,) and sd["_queue._q_ptr"].dtype == torch.int64
-    assert sd["_queue._q_iid"].shape == (6,) and sd["_queue._q_iid"].dtype == torch.bool
-    assert sd["_queue._q_weight"].shape == (6,) and sd["_queue._q_weight"].dtype == torch.float32
-    assert (sd["_queue._q_targets"] == -100).all() and sd["_queue._q_iid"].all()
-    assert (sd["_queue._q_weight"] == 1).all() and (sd["_queue._q_logits"] == 0).all()
+    assert sd["_queue._q_logits"].shape == (6, 4)
+    assert sd["_queue._q_logits"].dtype == torch.float32
+    assert sd["_queue._q_targets"].shape == (6,)
+    assert sd["_queue._q_targets"].dtype == torch.int64
+    assert sd["_queue._q_ptr"].shape == (1,)
+    assert sd["_queue._q_ptr"].dtype == torch.int64
+    assert sd["_queue._q_iid"].shape == (6,)
+    assert sd["_queue._q_iid"].dtype == torch.bool
+    assert sd["_queue._q_weight"].shape == (6,)
+    assert sd["_queue._q_weight"].dtype == torch.float32
+    assert (sd["_queue._q_targets"] == -100).all()
+    assert sd["_queue._q_iid"].all()
+    assert (sd["_queue._q_weight"] == 1).all()
+    assert (sd["_queue._q_logits"] == 0).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +349,8 @@ def test_loads_a_hand_written_incumbent_checkpoint() -> None:
     sd = incumbent_checkpoint()
     loss_fn = PAUCAtBudgetLoss(num_classes=3, beta=0.5, queue_size=6)
     result = loss_fn.load_state_dict(sd, strict=True)
-    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    assert list(result.missing_keys) == []
+    assert list(result.unexpected_keys) == []
     for key, value in sd.items():
         assert torch.equal(loss_fn.state_dict()[key], value), key
     logits, targets = torch.randn(4, 3), torch.arange(4) % 3
@@ -376,8 +388,11 @@ def test_loads_old_flat_keys(with_iid_weight: bool) -> None:
 def test_missing_iid_and_weight_load_with_defaults_under_strict() -> None:
     loss_fn = PAUCAtBudgetLoss(num_classes=3, beta=0.5, queue_size=6)
     # Put non-default flags and weights in place first: the defaults must replace them.
-    loss_fn(torch.randn(6, 3), torch.arange(6) % 3, torch.zeros(6, dtype=torch.bool), sample_weight=torch.full((6,), 3.0))
-    assert not loss_fn._queue._q_iid.any() and loss_fn._queue.weighted
+    loss_fn(
+        torch.randn(6, 3), torch.arange(6) % 3, torch.zeros(6, dtype=torch.bool), sample_weight=torch.full((6,), 3.0)
+    )
+    assert not loss_fn._queue._q_iid.any()
+    assert loss_fn._queue.weighted
     loss_fn.load_state_dict(incumbent_checkpoint(with_iid_weight=False), strict=True)
     q = loss_fn._queue
     assert q._q_iid.all()
@@ -438,7 +453,7 @@ def test_queue_untouched_when_a_call_raises(name: str, bad: str) -> None:
         targets[0] = 0.5
     elif bad == "negative-weight":
         kwargs["sample_weight"] = torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="logits|targets|sample_weight"):
+    with pytest.raises(ValueError, match=r"`(logits|targets|sample_weight)`"):
         loss_fn(logits, targets, **kwargs)
     assert_same_state(before, snapshot(loss_fn))
 
@@ -492,7 +507,9 @@ def test_weights_are_stored_and_later_unweighted_calls_still_use_them() -> None:
     logits, targets = batch(6)
     got = loss_fn(logits, targets)  # no sample_weight: live rows weigh 1, queue rows keep theirs
     pool_logits, pool_targets = torch.cat([logits, q_logits]), torch.cat([targets, q_targets])
-    weighted = smooth_ap_loss(pool_logits, pool_targets, temperature=0.1, sample_weight=torch.cat([torch.ones(6), q_weight]))
+    weighted = smooth_ap_loss(
+        pool_logits, pool_targets, temperature=0.1, sample_weight=torch.cat([torch.ones(6), q_weight])
+    )
     unweighted = smooth_ap_loss(pool_logits, pool_targets, temperature=0.1)
     torch.testing.assert_close(got, weighted, rtol=0, atol=1e-6)
     assert not torch.allclose(got, unweighted, rtol=0, atol=1e-4)
@@ -519,3 +536,17 @@ def test_iid_flags_are_stored_per_row() -> None:
     loss_fn(*batch(3))  # None -> True
     loss_fn(*batch(3), torch.tensor([1, 0, 1]))  # any dtype, cast to bool
     assert loss_fn._queue._q_iid.tolist() == [True, True, True, True, False, True, True, True]
+
+
+@ALL
+def test_empty_pool_call_does_not_enqueue(name: str) -> None:
+    """incumbent §2.3 step 10: a call whose pool is empty (fresh queue, all rows ignored) enqueues nothing."""
+    loss_fn = MAKERS[name](queue_size=8)
+    before = snapshot(loss_fn)
+    logits, _ = batch(4)
+    loss_fn(logits, torch.full((4,), -100))
+    assert_same_state(before, snapshot(loss_fn))
+    # With rows already in the queue the pool is not empty, and the ignored rows are stored.
+    loss_fn(*batch(2))
+    loss_fn(logits, torch.full((4,), -100))
+    assert loss_fn._queue._q_ptr.tolist() == [6]

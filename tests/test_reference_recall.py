@@ -234,3 +234,57 @@ def test_module_with_queue_matches_reference(case_id, num_classes, batches, weig
             )[0]
             assert not torch.allclose(alone, ref_pc, equal_nan=True), "test data error: queue has no effect"
         ref_q.enqueue(x, t, weight=w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large pools (selection-based thresholds, SPEC D5) against the dense form of the same formula
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interpolation", refs.INTERPOLATIONS)
+@pytest.mark.parametrize(("case_id", "data_kw", "loss_kw"), CASES[:4], ids=[c[0] for c in CASES[:4]])
+def test_dense_reference_equals_loop_reference(case_id, data_kw, loss_kw, interpolation):
+    data = refs.make_case(**data_kw)
+    kw = dict(quantile=0.005, temperature=0.01)
+    kw.update(loss_kw)
+    x, t = data["logits"], data["targets"]
+    a, va = refs.ref_recall_at_quantile(x, t, interpolation=interpolation, sample_weight=data["sample_weight"], **kw)
+    b, vb = refs.dense_recall_at_quantile(x, t, interpolation=interpolation, sample_weight=data["sample_weight"], **kw)
+    assert va.tolist() == vb.tolist()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("interpolation", refs.INTERPOLATIONS)
+@pytest.mark.parametrize(
+    ("data_kw", "loss_kw"),
+    [
+        pytest.param(
+            dict(seed=71, n=5000, num_classes=1, pos_rate=0.01, n_ignore=37), dict(quantile=0.0137), id="binary-M5000"
+        ),
+        pytest.param(
+            dict(seed=72, n=4000, num_classes=3, weights="rand", ties=True),
+            dict(quantile=0.0731),
+            id="mc3-M4000-ties-weighted",
+        ),
+    ],
+)
+def test_large_pool_matches_dense_reference(data_kw, loss_kw, interpolation):
+    data = refs.make_case(**data_kw)
+    x, t, w = data["logits"], data["targets"], data["sample_weight"]
+    kw = dict(temperature=0.05, **loss_kw)
+
+    def ref(leaf):
+        pc, valid = refs.dense_recall_at_quantile(leaf, t, interpolation=interpolation, sample_weight=w, **kw)
+        return refs.ref_reduce(pc, valid, "mean", leaf), pc, valid
+
+    def lib(leaf):
+        return recall_at_quantile_loss(
+            leaf, t, quantile_interpolation=interpolation, sample_weight=w, return_per_class=True, **kw
+        )
+
+    exp, g_exp, (_, ref_pc, ref_valid) = refs.value_and_grad(ref, x)
+    got, g_got, (_, pc, valid) = refs.value_and_grad(lib, x)
+    assert valid.tolist() == ref_valid.tolist()
+    refs.assert_loss_close(pc, ref_pc, "per_class")
+    refs.assert_loss_close(got, exp)
+    refs.assert_grad_close(g_got, g_exp)

@@ -153,12 +153,13 @@ def test_reference_self_check_against_sklearn():
 
 
 def test_reference_self_check_ties_exclude_self():
-    """Two tied positives and nothing else but one lower negative: hand-computed value.
+    """Hand-computed values with exact ties (tau = 1).
 
-    Positives a, b at score 0, negative n at -1000 (tau=1): for positive a, R_all = 1 + sig(0) [b]
-    + sig(-1000) [n] = 1.5, R_pos = 1.5 -> prec = 1, same for b -> loss 0 (self excluded; counting
-    self as sig(0) would give (2)/(2) as well, so also check a case where it matters: one positive
-    p at 0 tied with a negative n at 0: R_all = 1 + 1/2, R_pos = 1 -> prec = 2/3.
+    1. Positives a, b at 0 and a negative at -1000: for a, R_all = 1 + sig(0) [b] + sig(-1000) = 1.5 and
+       R_pos = 1 + sig(0) [b] = 1.5, so prec = 1 and the loss is 0.
+    2. Where self-exclusion matters: a positive at 0 tied with a negative at 0.  Self excluded:
+       R_all = 1 + 1/2, R_pos = 1 -> prec = 2/3.  (Counting the self pair as sig(0) would give
+       R_all = 2, R_pos = 3/2 -> prec = 3/4.)
     """
     x = torch.tensor([[0.0], [0.0], [-1000.0]], dtype=torch.float64)
     pc, _ = refs.ref_smooth_ap(x, torch.tensor([1, 1, 0]), temperature=1.0)
@@ -219,3 +220,61 @@ def test_module_with_queue_matches_reference(case_id, num_classes, batches, weig
             alone = refs.ref_smooth_ap(x, t, temperature=temperature, sample_weight=w)[0]
             assert not torch.allclose(alone, ref_pc, equal_nan=True), "test data error: queue has no effect"
         ref_q.enqueue(x, t, weight=w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large pools (chunked / sorted kernels, SPEC A2) against the dense form of the same formula
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case_id", "data_kw", "loss_kw"), CASES[:6] + CASES[10:14], ids=[c[0] for c in CASES[:6] + CASES[10:14]]
+)
+def test_dense_reference_equals_loop_reference(case_id, data_kw, loss_kw):
+    data = refs.make_case(**data_kw)
+    kw = dict(temperature=loss_kw.get("temperature", 0.01), sample_weight=data["sample_weight"])
+    x, t = data["logits"], data["targets"]
+    a, va = refs.ref_smooth_ap(x, t, **kw)
+    b, vb = refs.dense_smooth_ap(x, t, **kw)
+    assert va.tolist() == vb.tolist()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+LARGE = [
+    pytest.param(dict(seed=61, n=3000, num_classes=1), dict(temperature=0.01), id="binary-M3000-tau0.01"),
+    pytest.param(
+        dict(seed=62, n=3000, num_classes=1, n_ignore=50), dict(temperature=0.001), id="binary-M3000-tau0.001"
+    ),
+    pytest.param(dict(seed=63, n=2500, num_classes=1, pos_rate=0.02), dict(temperature=0.05), id="binary-M2500-rare"),
+    pytest.param(
+        dict(seed=64, n=2000, num_classes=4, n_ignore=40, weights="some_zero"),
+        dict(temperature=0.05),
+        id="mc4-M2000-weighted-ignore",
+    ),
+    pytest.param(dict(seed=65, n=2000, num_classes=3, scale=0.02), dict(temperature=0.01), id="mc3-M2000-near-ties"),
+    pytest.param(
+        dict(seed=66, n=2000, num_classes=3, scale=1.0, ties=True), dict(temperature=0.01), id="mc3-M2000-exact-ties"
+    ),
+    pytest.param(dict(seed=67, n=1500, num_classes=3), dict(temperature=2.0), id="mc3-M1500-tau2"),
+    pytest.param(dict(seed=68, n=8000, num_classes=1, pos_rate=0.05), dict(temperature=0.01), id="binary-M8000"),
+]
+
+
+@pytest.mark.parametrize(("data_kw", "loss_kw"), LARGE)
+def test_large_pool_matches_dense_reference(data_kw, loss_kw):
+    data = refs.make_case(**data_kw)
+    x, t, w = data["logits"], data["targets"], data["sample_weight"]
+
+    def ref(leaf):
+        pc, valid = refs.dense_smooth_ap(leaf, t, sample_weight=w, **loss_kw)
+        return refs.ref_reduce(pc, valid, "mean", leaf), pc, valid
+
+    def lib(leaf):
+        return smooth_ap_loss(leaf, t, sample_weight=w, return_per_class=True, **loss_kw)
+
+    exp, g_exp, (_, ref_pc, ref_valid) = refs.value_and_grad(ref, x)
+    got, g_got, (_, pc, valid) = refs.value_and_grad(lib, x)
+    assert valid.tolist() == ref_valid.tolist()
+    refs.assert_loss_close(pc, ref_pc, "per_class")
+    refs.assert_loss_close(got, exp)
+    refs.assert_grad_close(g_got, g_exp)

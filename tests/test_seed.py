@@ -9,9 +9,14 @@ the other tests copy one snippet each, verbatim (the lines between ``# fmt: off`
 ``# fmt: on``), and check what the page says about it.
 """
 
+# The snippets are copied verbatim (between `# fmt: off` and `# fmt: on`), unused loop names and
+# import layout included.
+# ruff: noqa: I001, B007
+
 from __future__ import annotations
 
 import re
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -57,6 +62,27 @@ def test_seed_copy_has_the_fourteen_snippets() -> None:
     assert len(blocks) == 14
     assert "SmoothAPLoss(num_classes=4, queue_size=1024, temperature=0.01)" in blocks[0]
     assert "for epoch in range(epochs):" in blocks[-1]
+
+
+def _verbatim_regions() -> list[str]:
+    """The code between ``# fmt: off`` and ``# fmt: on`` in this file, dedented."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    regions = re.findall(r"\n([ \t]*)# fmt: off\n(.*?)\n[ \t]*# fmt: on", text, flags=re.DOTALL)
+    return [textwrap.dedent(body) for _, body in regions]
+
+
+def test_explicit_snippet_tests_copy_the_page_verbatim() -> None:
+    blocks = python_blocks()
+    regions = _verbatim_regions()
+    assert len(regions) == 14
+    for region in regions:
+        lines = [line for line in region.splitlines() if line.strip()]
+        assert any(
+            "\n".join(lines) in "\n".join(line for line in block.splitlines() if line.strip()) for block in blocks
+        ), region
+    # Every snippet of the page has its explicit test.
+    for i, block in enumerate(blocks):
+        assert any(region.strip() == block.strip() for region in regions), f"python block {i + 1} has no explicit test"
 
 
 def _context_for(block: str, ns: dict) -> None:
@@ -140,7 +166,8 @@ def test_binary_ap_is_one_vs_rest_on_the_single_column() -> None:
     targets = torch.randint(0, 2, (32,))
     targets[:2] = torch.tensor([0, 1])
     loss, per_class, valid = loss_fn(logits, targets, return_per_class=True)
-    assert per_class.shape == (1,) and valid.tolist() == [True]
+    assert per_class.shape == (1,)
+    assert valid.tolist() == [True]
     torch.testing.assert_close(loss, smooth_ap_loss(logits, targets, temperature=0.01), rtol=0, atol=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
@@ -173,7 +200,8 @@ def test_snippet_reset_queue(queue_size: int) -> None:
         assert (q._q_targets == -100).all()
         assert q._q_ptr.tolist() == [0]
         assert (q._q_logits == 0).all()
-        assert q._q_iid.all() and (q._q_weight == 1).all()
+        assert q._q_iid.all()
+        assert (q._q_weight == 1).all()
     logits, targets = torch.randn(16, 4), torch.randint(0, 4, (16,))
     torch.testing.assert_close(loss_fn(logits, targets), smooth_ap_loss(logits, targets), rtol=0, atol=1e-6)
 
@@ -232,7 +260,7 @@ def test_subsampling_quota_gives_rare_class_its_reserved_rows() -> None:
     logits = torch.randn(6000, C)
     loss_fn = SmoothAPLoss(num_classes=C, queue_size=0, max_pool_size=K)
     with pytest.warns(UserWarning, match="max_pool_size"):
-        _, per_class, valid = loss_fn(logits, targets, return_per_class=True)
+        _, _, valid = loss_fn(logits, targets, return_per_class=True)
     assert valid.all()
     from imbalanced_losses._sampling import minimum_quota_indices
 
@@ -370,7 +398,8 @@ def test_snippet_choose_surrogate() -> None:
     # Wide or volatile band: pairwise is more robust
     loss_fn = PAUCAtBudgetLoss(num_classes=4, alpha=0.0, beta=0.05, surrogate="pairwise")
     # fmt: on
-    assert loss_fn.surrogate == "pairwise" and loss_fn.beta == 0.05
+    assert loss_fn.surrogate == "pairwise"
+    assert loss_fn.beta == 0.05
     logits = torch.randn(400, 4, requires_grad=True)
     targets = torch.randint(0, 4, (400,))
     loss = loss_fn(logits, targets)
@@ -399,7 +428,8 @@ def test_snippet_pos_numerator_live() -> None:
     loss_fn = PAUCAtBudgetLoss(num_classes=4, alpha=0.0, beta=0.005,
                                surrogate="trapezoid", pos_numerator="live", queue_size=8192)
     # fmt: on
-    assert loss_fn.pos_numerator == "live" and loss_fn.queue_size == 8192
+    assert loss_fn.pos_numerator == "live"
+    assert loss_fn.queue_size == 8192
     for _ in range(4):
         loss_fn(torch.randn(256, 4), torch.randint(0, 4, (256,)))
     q = loss_fn._queue
@@ -455,7 +485,8 @@ def test_snippet_diagnostics(capsys: pytest.CaptureFixture[str]) -> None:
     assert_scalar_in_unit_interval(loss)
     assert set(DIAG_KEYS) <= set(stats)
     for key in DIAG_KEYS:
-        assert isinstance(stats[key], torch.Tensor) and stats[key].shape == (4,), key
+        assert isinstance(stats[key], torch.Tensor), key
+        assert stats[key].shape == (4,), key
     assert stats["band_neg_count"].dtype == torch.int64
     assert stats["grad_pos_count"].dtype == torch.int64
     assert stats["grad_pos_count"].tolist() == torch.bincount(targets, minlength=4).tolist()

@@ -35,7 +35,8 @@ def test_masked_columns_equal_per_column_quantile(mode: str) -> None:
     for c in range(3):
         ref = torch.quantile(x[member[:, c], c], levels, interpolation=mode)
         assert torch.equal(got[:, c], ref)
-    assert torch.isnan(got[:, 3]).all() and counts[3] == 0
+    assert torch.isnan(got[:, 3]).all()
+    assert counts[3] == 0
 
 
 def test_recall_threshold_is_torch_quantile_of_pool() -> None:
@@ -45,9 +46,7 @@ def test_recall_threshold_is_torch_quantile_of_pool() -> None:
     targets = (torch.rand(1000, generator=g) < 0.1).long()
     theta = torch.quantile(logits[:, 0], 0.9, interpolation="linear")
     hard = (logits[targets == 1, 0] > theta).double().mean()
-    loss = recall_at_quantile_loss(
-        logits, targets, quantile=0.1, temperature=1e-9, quantile_interpolation="linear"
-    )
+    loss = recall_at_quantile_loss(logits, targets, quantile=0.1, temperature=1e-9, quantile_interpolation="linear")
     assert loss.item() == pytest.approx(1 - hard.item(), abs=1e-12)
 
 
@@ -67,9 +66,12 @@ def test_half_precision_logits(dtype: torch.dtype, make_loss) -> None:  # type: 
     targets = torch.randint(0, 3, (256,))
     logits = logits32.to(dtype).requires_grad_()
     loss = loss_fn(logits, targets)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
     loss.backward()
-    assert logits.grad is not None and logits.grad.dtype == dtype and torch.isfinite(logits.grad).all()
+    assert logits.grad is not None
+    assert logits.grad.dtype == dtype
+    assert torch.isfinite(logits.grad).all()
     # Same value as float32 computation on the rounded logits.
     ref = make_loss()(logits.detach().float(), targets)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
@@ -84,7 +86,9 @@ def test_pool_larger_than_torch_quantile_limit() -> None:
     targets = (torch.rand(m, generator=g) < 0.001).long()
     loss = pauc_at_budget_loss(logits, targets, beta=0.005)
     loss.backward()
-    assert torch.isfinite(loss) and 0.0 <= loss.item() <= 1.0
-    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert torch.isfinite(loss)
+    assert 0.0 <= loss.item() <= 1.0
+    assert logits.grad is not None
+    assert torch.isfinite(logits.grad).all()
     loss_r = recall_at_quantile_loss(logits.detach(), targets, quantile=0.005)
     assert torch.isfinite(loss_r)

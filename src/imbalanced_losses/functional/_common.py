@@ -163,6 +163,8 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     """
     x = x.detach()
     counts = member.sum(0)
+    if x.shape[0] == 0:
+        return x.new_full((levels.shape[0], x.shape[1]), float("nan")), counts
     # Non-members sort to the end; the first counts[c] entries of column c are its population.
     sorted_x = x.masked_fill(~member, float("inf")).sort(dim=0).values
     last = (counts - 1).clamp_min(0).to(x.dtype)
