@@ -17,27 +17,21 @@ from ._queue import MemoryQueue
 from ._sampling import minimum_quota_indices
 from ._validation import (
     REDUCTIONS,
-    binary_offenders,
     check_bool,
     check_choice,
-    check_finite_logits,
     check_float,
     check_int,
-    check_logits,
     check_optional_bool,
     check_row_vector,
-    check_sample_weight,
-    check_targets,
 )
 from ._warnings import WarnOnce
 from .distributed import gather_batch, resolve_gather
 from .functional._common import (
     RankingResult,
-    binary_target_message,
     compute_dtype,
     make_pool,
-    normalize_targets,
     package,
+    validate_batch,
 )
 
 #: ``core(pool, iid [M] bool, live [M] bool) -> RankingResult``
@@ -112,31 +106,22 @@ class RankingLoss(nn.Module):
         """Run the shared pipeline; returns the core's result and the local (pre-gather) target ids."""
         num_classes, ignore_index = self.num_classes, self.ignore_index
         check_float("temperature", self.temperature, low=0.0)
-        logits = check_logits(logits, num_classes)
-        n = logits.shape[0]
-        targets = check_targets(targets, n)
         if isinstance(iid_mask, bool):
             raise TypeError(
                 f"`iid_mask` (the third positional argument) must be a [N] tensor or None, got {iid_mask!r}; "
                 "pass flags by keyword, e.g. return_per_class=True."
             )
-        iid = check_row_vector("iid_mask", iid_mask, n)
-        weight = check_sample_weight(sample_weight, n, validate_args=self.validate_args)
-        if self.validate_args:
-            check_finite_logits(logits)
-            if num_classes == 1:
-                offenders = binary_offenders(targets, ignore_index)
-                if offenders:
-                    self._warn_once("binary_targets", binary_target_message(offenders))
-            if weight is not None and n > 0 and not bool(weight.any()):
-                self._warn_once(
-                    "zero_weight",
-                    "`sample_weight` is entirely zero: every class has zero positive weight and the loss "
-                    "falls through to its degenerate (zero) value.",
-                )
-        ids = normalize_targets(
-            targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=self.validate_args
+        logits, ids, weight = validate_batch(
+            logits,
+            targets,
+            sample_weight,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            validate_args=self.validate_args,
+            warn=self._warn_once,
         )
+        n = logits.shape[0]
+        iid = check_row_vector("iid_mask", iid_mask, n)
         iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid.detach().bool()
         if weight is not None:
             weight = weight.to(device=logits.device, dtype=compute_dtype(logits))

@@ -12,6 +12,7 @@ work is vectorised over ``C``; nothing here loops over classes in Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -103,6 +104,40 @@ def make_pool(scores: Tensor, ids: Tensor, weight: Tensor | None, ignore_index: 
     return Pool(scores, pos, neg, weight)
 
 
+def validate_batch(
+    logits: Tensor,
+    targets: Tensor,
+    sample_weight: Tensor | None,
+    *,
+    num_classes: int | None,
+    ignore_index: int,
+    validate_args: bool,
+    warn: Callable[[str, str], None],
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check a batch and normalise its targets; returns ``(logits, ids, weight)``.
+
+    ``warn(key, message)`` receives the soft problems (binary targets outside ``{0, 1}``, an
+    all-zero ``sample_weight``): the functional API warns on each call, a module once.
+    """
+    logits = check_logits(logits, num_classes)
+    n, c = logits.shape
+    targets = check_targets(targets, n)
+    weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
+    if validate_args:
+        check_finite_logits(logits)
+        offenders = binary_offenders(targets, ignore_index) if c == 1 else []
+        if offenders:
+            warn("binary_targets", binary_target_message(offenders))
+        if weight is not None and n > 0 and not bool(weight.any()):
+            warn(
+                "zero_weight",
+                "`sample_weight` is entirely zero: every class has zero positive weight and the loss "
+                "falls through to its degenerate (zero) value.",
+            )
+    ids = normalize_targets(targets, num_classes=c, ignore_index=ignore_index, validate_args=validate_args)
+    return logits, ids, weight
+
+
 def functional_pool(
     logits: Tensor,
     targets: Tensor,
@@ -112,17 +147,15 @@ def functional_pool(
     validate_args: bool,
 ) -> Pool:
     """Validate the inputs of a functional ranking loss and build its pool."""
-    logits = check_logits(logits)
-    n, num_classes = logits.shape
-    targets = check_targets(targets, n)
-    weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
-    if validate_args:
-        check_finite_logits(logits)
-        if num_classes == 1:
-            offenders = binary_offenders(targets, ignore_index)
-            if offenders:
-                warn(binary_target_message(offenders))
-    ids = normalize_targets(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
+    logits, ids, weight = validate_batch(
+        logits,
+        targets,
+        sample_weight,
+        num_classes=None,
+        ignore_index=ignore_index,
+        validate_args=validate_args,
+        warn=lambda key, message: warn(message),
+    )
     return make_pool(logits, ids, weight, ignore_index)
 
 
