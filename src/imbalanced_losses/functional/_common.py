@@ -173,6 +173,16 @@ def positive_weights(pos: Tensor, weight: Tensor | None, dtype: torch.dtype) -> 
     return w if weight is None else w * weight.unsqueeze(1)
 
 
+def rows_for_pairs(x_t: Tensor, pair_class: Tensor) -> Tensor:
+    """Row ``pair_class[p]`` of ``x_t [C, L]`` for every pair ``p``: ``[P, L]`` (a broadcast view when ``C == 1``).
+
+    ``index_select`` rather than advanced indexing: its backward is a fast ``index_add``.
+    """
+    if x_t.shape[0] == 1:
+        return x_t.expand(pair_class.shape[0], -1)
+    return x_t.index_select(0, pair_class)
+
+
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with zero denominators replaced by 1 (keeps gradients finite)."""
     return num / torch.where(den > 0, den, torch.ones_like(den))

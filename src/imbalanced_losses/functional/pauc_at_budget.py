@@ -18,6 +18,7 @@ from ._common import (
     package,
     positive_weights,
     row_mask,
+    rows_for_pairs,
     safe_divide,
 )
 
@@ -135,14 +136,16 @@ def pauc_at_budget_core(
         n_band = band.sum(0)
         valid = valid & (n_band > 0)
         width = int(n_band.max())
-        # Band rows of each class first (stable), padded to the widest band.
+        # Band rows of each class first (stable), padded to the widest band with +inf scores,
+        # whose sigmoid terms are exactly 0 and carry no gradient.
         order = torch.sort((~band).to(torch.uint8), dim=0, stable=True).indices[:width]  # [B, C]
-        band_scores = scores.gather(0, order).t()  # [C, B]
-        band_ok = (torch.arange(width, device=s.device).unsqueeze(1) < n_band).t()  # [C, B]
+        z = scores / tau_safe  # [M, C]
+        pad = torch.arange(width, device=s.device).unsqueeze(1) >= n_band  # [B, C]
+        z_band = z.gather(0, order).masked_fill(pad, float("inf")).t().contiguous()  # [C, B]
         var_cls, var_rows = numer.t().nonzero(as_tuple=True)
-        s_i = scores.t()[var_cls, var_rows].unsqueeze(1)
-        sig = torch.sigmoid((s_i - band_scores[var_cls]) / tau_safe[var_cls].unsqueeze(1))  # [P, B]
-        per_pos = safe_divide((sig * band_ok[var_cls]).sum(1), n_band[var_cls].to(dtype))
+        z_i = z.t()[var_cls, var_rows].unsqueeze(1)
+        sig = torch.sigmoid(z_i - rows_for_pairs(z_band, var_cls))  # [P, B]
+        per_pos = safe_divide(sig.sum(1), n_band[var_cls].to(dtype))
         w_pairs = pos_w.t()[numer.t()]
         pauc = safe_divide(scores.new_zeros(num_classes).index_add(0, var_cls, w_pairs * per_pos), den)
         v = per_pos.detach()

@@ -8,7 +8,16 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_float
-from ._common import Pool, RankingResult, check_common, functional_pool, package, positive_weights, safe_divide
+from ._common import (
+    Pool,
+    RankingResult,
+    check_common,
+    functional_pool,
+    package,
+    positive_weights,
+    rows_for_pairs,
+    safe_divide,
+)
 
 
 def smooth_ap_soft_ranks(
@@ -38,8 +47,7 @@ def smooth_ap_soft_ranks(
     z = (scores / temperature).masked_fill(~member, float("-inf")).t().contiguous()  # [C, M]
     pair_class, pair_row = pos.t().nonzero(as_tuple=True)
     z_k = z[pair_class, pair_row].unsqueeze(1)
-    rows = z.expand(pair_class.shape[0], -1) if z.shape[0] == 1 else z.index_select(0, pair_class)
-    sig = torch.sigmoid(rows - z_k)  # [P, M]
+    sig = torch.sigmoid(rows_for_pairs(z, pair_class) - z_k)  # [P, M]
     r_all = 0.5 + sig.sum(1)
     r_pos = 0.5 + (sig @ pos.to(sig.dtype)).gather(1, pair_class.unsqueeze(1)).squeeze(1)
     return pair_class, r_pos, r_all
