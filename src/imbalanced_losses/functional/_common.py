@@ -183,6 +183,12 @@ def rows_for_pairs(x_t: Tensor, pair_class: Tensor) -> Tensor:
     return x_t.index_select(0, pair_class)
 
 
+def pair_class_mean(values: Tensor, pair_class: Tensor, pair_weight: Tensor | None, den: Tensor) -> Tensor:
+    """Per-class weighted mean of per-pair values: ``sum_{p in c} w_p v_p / den_c`` (``w = 1`` when ``None``)."""
+    weighted = values if pair_weight is None else pair_weight * values
+    return safe_divide(values.new_zeros(den.shape[0]).index_add(0, pair_class, weighted), den)
+
+
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with zero denominators replaced by 1 (keeps gradients finite)."""
     return num / torch.where(den > 0, den, torch.ones_like(den))

@@ -16,6 +16,7 @@ from ._common import (
     functional_pool,
     masked_column_quantiles,
     package,
+    pair_class_mean,
     positive_weights,
     row_mask,
     rows_for_pairs,
@@ -69,12 +70,11 @@ def _knot_levels(alpha: float, beta: float, n_knots: int) -> list[float]:
     return [1.0 - alpha, *inner, 1.0 - beta]
 
 
-def _class_mean_var(values: Tensor, cls: Tensor, counts: Tensor, num_classes: int) -> Tensor:
+def _class_var(values: Tensor, cls: Tensor, counts: Tensor) -> Tensor:
     """Population variance of ``values`` grouped by ``cls`` (``counts`` members per class)."""
     n = counts.to(values.dtype)
-    mean = safe_divide(values.new_zeros(num_classes).index_add(0, cls, values), n)
-    dev2 = (values - mean[cls]) ** 2
-    return safe_divide(values.new_zeros(num_classes).index_add(0, cls, dev2), n)
+    mean = pair_class_mean(values, cls, None, n)
+    return pair_class_mean((values - mean[cls]) ** 2, cls, None, n)
 
 
 def pauc_at_budget_core(
@@ -97,7 +97,7 @@ def pauc_at_budget_core(
     ``iid`` and ``live`` are ``[M]`` bool row flags. See :func:`pauc_at_budget_loss` for the math.
     """
     scores, pos, neg, weight = pool
-    dtype, num_classes = scores.dtype, scores.shape[1]
+    dtype = scores.dtype
     s = scores.detach()
     neg_iid = neg & iid.unsqueeze(1)
     numer = pos if pos_numerator == "pool" else pos & live.unsqueeze(1)
@@ -147,7 +147,7 @@ def pauc_at_budget_core(
         sig = torch.sigmoid(z_i - rows_for_pairs(z_band, var_cls))  # [P, B]
         per_pos = safe_divide(sig.sum(1), n_band[var_cls].to(dtype))
         w_pairs = pos_w.t()[numer.t()]
-        pauc = safe_divide(scores.new_zeros(num_classes).index_add(0, var_cls, w_pairs * per_pos), den)
+        pauc = pair_class_mean(per_pos, var_cls, w_pairs, den)
         v = per_pos.detach()
 
     nan = torch.full_like(t_alpha, float("nan"))
@@ -156,7 +156,7 @@ def pauc_at_budget_core(
         "t_beta": torch.where(valid, t_beta, nan),
         "tau_eff": torch.where(valid, tau_eff, nan),
         "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
-        "pauc_var": torch.where(valid, _class_mean_var(v, var_cls, n_numer, num_classes), nan),
+        "pauc_var": torch.where(valid, _class_var(v, var_cls, n_numer), nan),
         "grad_pos_count": (pos & live.unsqueeze(1)).sum(0),
     }
     return RankingResult(1.0 - pauc, valid, stats, degenerate)

@@ -14,9 +14,9 @@ from ._common import (
     check_common,
     functional_pool,
     package,
+    pair_class_mean,
     positive_weights,
     rows_for_pairs,
-    safe_divide,
 )
 
 
@@ -56,14 +56,13 @@ def smooth_ap_soft_ranks(
 def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
     """Per-class Smooth-AP loss ``1 - AP_c`` on a pool (no reduction)."""
     scores, pos, neg, weight = pool
-    num_classes = scores.shape[1]
     pair_class, r_pos, r_all = smooth_ap_soft_ranks(scores, pos, pos | neg, temperature)
     pos_w = positive_weights(pos, weight, scores.dtype)  # [M, C]
     w_pairs = pos_w.t()[pos.t()]  # same class-major order as the pairs
-    num = scores.new_zeros(num_classes).index_add(0, pair_class, w_pairs * (r_pos / r_all))
     den = pos_w.sum(0)
+    ap = pair_class_mean(r_pos / r_all, pair_class, w_pairs, den)
     valid = pos.any(0) & neg.any(0) & (den > 0)
-    return RankingResult(1.0 - safe_divide(num, den), valid)
+    return RankingResult(1.0 - ap, valid)
 
 
 def smooth_ap_loss(
