@@ -10,13 +10,18 @@ from . import functional
 from ._version import __version__
 from .ap_loss import SmoothAPLoss
 from .distributed import all_gather_no_grad, all_gather_with_grad
+from .focal_loss import SigmoidFocalLoss, SoftmaxFocalLoss
 from .pauc_loss import PAUCAtBudgetLoss
 from .recall_loss import RecallAtQuantileLoss
+from .warmup_wrapper import LossWarmupWrapper
 
 __all__ = [
+    "LossWarmupWrapper",
     "PAUCAtBudgetLoss",
     "RecallAtQuantileLoss",
+    "SigmoidFocalLoss",
     "SmoothAPLoss",
+    "SoftmaxFocalLoss",
     "__version__",
     "all_gather_no_grad",
     "all_gather_with_grad",

@@ -25,7 +25,7 @@ from ._validation import (
     check_row_vector,
 )
 from ._warnings import WarnOnce
-from .distributed import gather_batch, resolve_gather
+from .distributed import gather_batch, resolve_gather, shared_generator
 from .functional._common import (
     RankingResult,
     compute_dtype,
@@ -127,7 +127,8 @@ class RankingLoss(nn.Module):
             weight = weight.to(device=logits.device, dtype=compute_dtype(logits))
         local_ids = ids
 
-        if resolve_gather(self.gather_distributed):
+        gathered = resolve_gather(self.gather_distributed)
+        if gathered:  # the local slice of `logits` gets the world-size gradient factor (D2)
             logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
 
         merged = self._queue.merge(logits, ids, iid, weight)
@@ -139,7 +140,12 @@ class RankingLoss(nn.Module):
                 f"{self.max_pool_size}; minimum-quota subsampling is applied and the loss is now stochastic. "
                 "(Shown once.)",
             )
-            rows = rows[minimum_quota_indices(merged.targets[rows], self.max_pool_size, self.generator)]
+            # The merged pool is identical on every rank, so all ranks get here together; without a
+            # user generator they agree on a seed (one broadcast) to keep the same rows (D8).
+            generator = self.generator
+            if generator is None and gathered:
+                generator = shared_generator(rows.device)
+            rows = rows[minimum_quota_indices(merged.targets[rows], self.max_pool_size, generator)]
         pool = make_pool(
             merged.logits[rows],
             merged.targets[rows],

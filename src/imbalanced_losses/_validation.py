@@ -150,8 +150,14 @@ def check_row_vector(name: str, value: Any, n: int) -> Tensor | None:
 def check_sample_weight(sample_weight: Any, n: int, *, validate_args: bool) -> Tensor | None:
     """Validate a per-row weight ``[N]``: finite and non-negative. Returns it detached."""
     w = check_row_vector("sample_weight", sample_weight, n)
-    if w is None:
-        return None
+    return None if w is None else check_weight_values(w, validate_args=validate_args)
+
+
+def check_weight_values(w: Tensor, *, validate_args: bool) -> Tensor:
+    """Require a real-valued ``sample_weight`` of any shape, finite and non-negative. Returns it detached.
+
+    The value checks (one host synchronisation) run only when ``validate_args`` is true.
+    """
     if not (w.is_floating_point() or w.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise TypeError(f"`sample_weight` must be a real-valued tensor, got dtype {w.dtype}.")
     w = w.detach()
@@ -164,12 +170,12 @@ def check_sample_weight(sample_weight: Any, n: int, *, validate_args: bool) -> T
     return w
 
 
-def check_finite_logits(logits: Tensor) -> None:
-    """Raise if the logits contain NaN or +-inf (one host synchronisation)."""
+def check_finite_logits(logits: Tensor, name: str = "logits") -> None:
+    """Raise if the logits (argument ``name``) contain NaN or +-inf (one host synchronisation)."""
     if logits.numel() > 0 and not bool(torch.isfinite(logits.detach()).all()):
         n_bad = int((~torch.isfinite(logits.detach())).sum())
         raise ValueError(
-            f"`logits` must be finite, got {n_bad} NaN or infinite value(s); "
+            f"`{name}` must be finite, got {n_bad} NaN or infinite value(s); "
             "check the model output (e.g. a diverged step or an overflow under float16)."
         )
 

@@ -1,11 +1,34 @@
 """All-gather helpers for ranking over the global batch under ``torch.distributed``.
 
 Batches may differ in size across ranks (dim 0); a rank may contribute zero rows. Pieces
-are concatenated in rank order. :func:`all_gather_with_grad` puts the caller's own tensor
-back into its slot, so autograd reaches the local rows and remote rows are constants.
+are concatenated in rank order. The caller's own tensor is put back into its slot, so
+autograd reaches the local rows and remote rows are constants.
+
+Gradient contract (SPEC D2). Every loss module gathers through :func:`gather_batch`, so each
+of the ``W`` ranks computes the same global loss ``L`` and back-propagates ``dL/dx`` into its
+own rows only. :class:`~torch.nn.parallel.DistributedDataParallel` then *averages* parameter
+gradients over the ranks, which would leave ``(1/W) * dL/dtheta``. :func:`gather_batch`
+therefore wraps the local slice in an identity whose backward multiplies the gradient by
+``W`` (forward: the same tensor, no copy). After DDP's average the parameter gradient equals
+the single-process gradient on the concatenated global batch. This is the only place the
+factor is applied. Consequences:
+
+* The gradient a rank sees on its local logits is ``W`` times the single-process gradient
+  of those rows; what the optimiser sees after DDP's average is the single-process gradient.
+* If you reduce gradients yourself with a *sum* instead of DDP's average, divide the loss by
+  ``W``.
+* :func:`all_gather_with_grad` applies no factor by default (as in ``imbalanced-losses``
+  0.6). A hand-written loss over its output, trained under DDP, gets ``1/W`` of the
+  single-process gradient unless it passes ``scale_grad_by_world_size=True``.
+
+Subsampling under DDP (SPEC D8). When ``max_pool_size`` subsampling fires on a gathered pool
+with no user generator, the ranks agree on a seed with :func:`shared_generator` (one
+broadcast, only on those calls), so every rank keeps the same rows.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +55,12 @@ def resolve_gather(gather_distributed: bool | None) -> bool:
     is initialised (checked on every call, so a loss built before ``init_process_group``
     still gathers later); ``True`` requires an initialised process group.
 
+    Args:
+        gather_distributed: The loss's ``gather_distributed`` setting.
+
+    Returns:
+        ``True`` when the batch should be gathered across ranks.
+
     Raises:
         RuntimeError: ``gather_distributed=True`` without an initialised process group.
     """
@@ -45,6 +74,19 @@ def resolve_gather(gather_distributed: bool | None) -> bool:
             )
         return False
     return dist.get_world_size() > 1
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the incoming gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.factor, None
 
 
 def _row_counts(n: int, device: torch.device) -> list[int]:
@@ -69,11 +111,23 @@ def _gather(tensor: Tensor, counts: list[int]) -> list[Tensor]:
     return [p.bool() for p in out] if is_bool else out
 
 
-def all_gather_with_grad(tensor: Tensor) -> Tensor:
+def _gather_with_grad(tensor: Tensor, counts: list[int], grad_factor: float) -> Tensor:
+    """Gathered ``tensor`` whose local slice is ``tensor`` itself (gradient times ``grad_factor``)."""
+    pieces = _gather(tensor, counts)
+    local = tensor if grad_factor == 1 or not tensor.requires_grad else _ScaleGrad.apply(tensor, grad_factor)
+    pieces[dist.get_rank()] = local
+    return torch.cat(pieces)
+
+
+def all_gather_with_grad(tensor: Tensor, *, scale_grad_by_world_size: bool = False) -> Tensor:
     """Concatenate every rank's ``tensor`` along dim 0, keeping autograd for the local rows.
 
     Args:
         tensor: ``[n_r, ...]`` on this rank (``n_r`` may differ across ranks, even be 0).
+        scale_grad_by_world_size: Multiply the gradient reaching ``tensor`` by the world size
+            ``W``. Use it when every rank computes the same loss over the gathered tensor and
+            DDP averages parameter gradients: the optimiser then sees the single-process
+            gradient of that loss. The default (``False``) matches ``imbalanced-losses`` 0.6.
 
     Returns:
         ``[sum_r n_r, ...]`` in rank order. With one process the input itself is returned.
@@ -82,13 +136,21 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
         RuntimeError: If no process group is initialised.
     """
     _require_initialized("all_gather_with_grad")
-    if dist.get_world_size() == 1:
+    world = dist.get_world_size()
+    if world == 1:
         return tensor
-    return gather_batch(tensor)[0]
+    factor = float(world) if scale_grad_by_world_size else 1.0
+    return _gather_with_grad(tensor, _row_counts(tensor.shape[0], tensor.device), factor)
 
 
 def all_gather_no_grad(tensor: Tensor) -> Tensor:
     """Concatenate every rank's ``tensor`` along dim 0 (no gradient to any piece).
+
+    Args:
+        tensor: ``[n_r, ...]`` on this rank (``n_r`` may differ across ranks, even be 0).
+
+    Returns:
+        ``[sum_r n_r, ...]`` in rank order. With one process the input itself is returned.
 
     Raises:
         RuntimeError: If no process group is initialised.
@@ -102,13 +164,44 @@ def all_gather_no_grad(tensor: Tensor) -> Tensor:
 def gather_batch(logits: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     """Gather a batch's row-aligned tensors with one size exchange; ``None`` entries stay ``None``.
 
-    ``logits`` keeps its gradient for the local slice; the others are gathered as constants.
+    The path every loss module uses. ``logits`` keeps its gradient for the local slice, scaled
+    by the world size ``W`` in the backward pass (the module docstring explains why: after
+    DDP averages, parameter gradients equal the single-process ones). The others are gathered
+    as constants.
+
+    Args:
+        logits: ``[n_r, ...]`` local scores (the tensor that carries gradient).
+        *others: Row-aligned ``[n_r, ...]`` companions (targets, flags, weights) or ``None``.
+
+    Returns:
+        The gathered ``logits`` followed by the gathered companions, in argument order.
     """
+    world = dist.get_world_size()
+    if world == 1:
+        return (logits, *others)  # type: ignore[arg-type]
     counts = _row_counts(logits.shape[0], logits.device)
-    rank = dist.get_rank()
-    pieces = _gather(logits, counts)
-    pieces[rank] = logits
-    out: list[Tensor | None] = [torch.cat(pieces)]
+    out: list[Tensor | None] = [_gather_with_grad(logits, counts, float(world))]
     for t in others:
         out.append(None if t is None else torch.cat(_gather(t, counts)))
     return tuple(out)  # type: ignore[arg-type]
+
+
+def shared_generator(device: torch.device) -> torch.Generator:
+    """A fresh generator seeded identically on every rank (rank 0's draw, broadcast).
+
+    Every rank draws an int64 seed from its process default generator for ``device`` (so the
+    default streams advance the same way on all ranks), then rank 0's seed is broadcast: one
+    collective, which every rank of the group must issue. Without a multi-rank process group
+    the local draw is used, so a single process whose default generator is in rank 0's state
+    gets rank 0's generator.
+
+    Args:
+        device: Device of the generator (and of the broadcast tensor: a CUDA device under NCCL).
+
+    Returns:
+        A :class:`torch.Generator` on ``device``, in the same state on every rank.
+    """
+    seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.long, device=device)
+    if _initialized() and dist.get_world_size() > 1:
+        dist.broadcast(seed, src=0)
+    return torch.Generator(device=device).manual_seed(int(seed))

@@ -14,53 +14,50 @@ from ._common import (
     check_common,
     functional_pool,
     package,
-    pair_class_mean,
     positive_weights,
-    rows_for_pairs,
+    safe_divide,
 )
+from ._pairs import BLOCK, pair_sums, sorted_rows
 
 
-def smooth_ap_soft_ranks(
-    scores: Tensor, pos: Tensor, member: Tensor, temperature: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Soft ranks of every (class, positive) pair of the pool.
+def _ap_objective(r: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Per positive ``coef * R_pos / R_all`` and its slope in the (negative, positive) key sums.
 
-    For the positives ``k`` of class ``c`` (pairs taken in class-major order):
-
-    .. math::
-        R_{all}(k) = 1 + \sum_{j \ne k,\, j \in c} \sigma\!\left(\frac{s_j - s_k}{\tau}\right), \qquad
-        R_{pos}(k) = 1 + \sum_{j \ne k,\, j \in P_c} \sigma\!\left(\frac{s_j - s_k}{\tau}\right)
-
-    The self term is :math:`\sigma(0) = 1/2` exactly and carries no gradient, so it is summed
-    with the others and ``1/2`` is added instead of ``1``.
-
-    Args:
-        scores: ``[M, C]`` scores.
-        pos: ``[M, C]`` bool positives.
-        member: ``[M, C]`` bool rows that take part in each class (positives and negatives).
-        temperature: :math:`\tau > 0`.
-
-    Returns:
-        ``(pair_class [P], r_pos [P], r_all [P])`` for the ``P`` (class, positive) pairs.
+    ``r[..., 0]`` sums over negative keys, ``r[..., 1]`` over positive keys (the self term
+    :math:`\sigma(0) = 1/2` included, so ``R_pos = r_pos + 1/2`` adds the other half). Disjoint
+    channels keep the slopes free of cancellation: ``d/dr_pos = coef * r_neg / R_all^2``.
     """
-    # Non-members get a score of -inf: their sigmoid terms are exactly 0 and carry no gradient.
-    z = (scores / temperature).masked_fill(~member, float("-inf")).t().contiguous()  # [C, M]
-    pair_class, pair_row = pos.t().nonzero(as_tuple=True)
-    z_k = z[pair_class, pair_row].unsqueeze(1)
-    sig = torch.sigmoid(rows_for_pairs(z, pair_class) - z_k)  # [P, M]
-    r_all = 0.5 + sig.sum(1)
-    r_pos = 0.5 + (sig @ pos.to(sig.dtype)).gather(1, pair_class.unsqueeze(1)).squeeze(1)
-    return pair_class, r_pos, r_all
+    r_neg, r_pos = r[..., 0], r[..., 1] + 0.5
+    r_all = r_neg + r_pos
+    value = coef[..., 0] * r_pos / r_all
+    return value, torch.stack([-value / r_all, coef[..., 0] * r_neg / r_all**2], dim=-1)
 
 
 def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
-    """Per-class Smooth-AP loss ``1 - AP_c`` on a pool (no reduction)."""
+    r"""Per-class Smooth-AP loss ``1 - AP_c`` on a pool (no reduction).
+
+    For the positives :math:`k` of class :math:`c`,
+    :math:`R_{all}(k) = \tfrac12 + \sum_{j \in c} \sigma((s_j - s_k)/\tau)` over the class's
+    members (the self term :math:`\sigma(0)` included, hence :math:`\tfrac12`) and
+    :math:`R_{pos}(k)` likewise over its positives; the kernel sums negatives and positives
+    as two disjoint channels. The sums run through the memory-bounded
+    kernel :func:`~imbalanced_losses.functional._pairs.pair_sums` (sorted windows plus
+    exponential tails; no ``[|P|, M]`` tensor).
+    """
     scores, pos, neg, weight = pool
-    pair_class, r_pos, r_all = smooth_ap_soft_ranks(scores, pos, pos | neg, temperature)
-    pos_w = positive_weights(pos, weight, scores.dtype)  # [M, C]
-    w_pairs = pos_w.t()[pos.t()]  # same class-major order as the pairs
+    dtype = scores.dtype
+    s_t, pos_t = scores.t(), pos.t()
+    keys = sorted_rows(s_t, (pos | neg).t())
+    queries = sorted_rows(s_t, pos_t, multiple=BLOCK)
+    key_slot = torch.arange(keys.rows.shape[1], device=scores.device) < keys.sizes.unsqueeze(1)
+    key_pos = pos_t.gather(1, keys.rows) & key_slot
+    key_mask = torch.stack([key_slot & ~key_pos, key_pos], dim=-1)
+    pos_w = positive_weights(pos, weight, dtype)  # [M, C]
     den = pos_w.sum(0)
-    ap = pair_class_mean(r_pos / r_all, pair_class, w_pairs, den)
+    query_slot = torch.arange(queries.rows.shape[1], device=scores.device) < queries.sizes.unsqueeze(1)
+    coef = safe_divide(pos_w.t().gather(1, queries.rows) * query_slot, den.unsqueeze(1))
+    tau = torch.full((scores.shape[1],), temperature, dtype=dtype, device=scores.device)
+    ap, _ = pair_sums(scores, tau, keys, key_mask, queries, coef.double().unsqueeze(-1), _ap_objective)
     valid = pos.any(0) & neg.any(0) & (den > 0)
     return RankingResult(1.0 - ap, valid)
 
@@ -79,7 +76,7 @@ def smooth_ap_loss(
     r"""Smooth-AP loss, one-vs-rest per class, on a pool of scored rows.
 
     For each class :math:`c` with positives :math:`P_c` and soft ranks
-    :math:`R_{all}(k), R_{pos}(k)` (see :func:`smooth_ap_soft_ranks`):
+    :math:`R_{all}(k), R_{pos}(k)` (see :func:`smooth_ap_core`):
 
     .. math::
         \mathrm{AP}_c = \frac{\sum_{k \in P_c} w_k\, R_{pos}(k) / R_{all}(k)}{\sum_{k \in P_c} w_k},
