@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._queue import MemoryQueue
+from ._queue import MemoryQueue, Merged
 from ._sampling import minimum_quota_indices
 from ._validation import (
     REDUCTIONS,
@@ -146,13 +146,10 @@ class RankingLoss(nn.Module):
             if generator is None and gathered:
                 generator = shared_generator(rows.device)
             rows = rows[minimum_quota_indices(merged.targets[rows], self.max_pool_size, generator)]
-        pool = make_pool(
-            merged.logits[rows],
-            merged.targets[rows],
-            None if merged.weight is None else merged.weight[rows],
-            ignore_index,
-        )
-        result = core(pool, merged.iid[rows], merged.is_live[rows])
+        if rows.numel() < merged.targets.shape[0]:
+            merged = Merged(*(None if t is None else t.index_select(0, rows) for t in merged))  # type: ignore[arg-type]
+        pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index)
+        result = core(pool, merged.iid, merged.is_live)
         if rows.numel() > 0 and (self.training or self.update_queue_in_eval):
             self._queue.enqueue(logits, ids, iid, weight)
         return result, local_ids

@@ -138,6 +138,7 @@ class PAUCAtBudgetLoss(RankingLoss):
         check_bool("return_diagnostics", return_diagnostics)
         core = functools.partial(
             pauc_at_budget_core,
+            diagnostics=return_diagnostics,
             alpha=self.alpha,
             beta=self.beta,
             surrogate=self.surrogate,
@@ -156,7 +157,7 @@ class PAUCAtBudgetLoss(RankingLoss):
                 "dispersion",
                 dispersion_message(alpha=self.alpha, budget_basis=self.budget_basis, tau_scale=self.tau_scale),
             )
-        if return_diagnostics and result.stats is not None:
+        if result.stats is not None:
             # Live positives of *this rank* (before any all-gather): the rows this rank's backward reaches.
             result.stats["grad_pos_count"] = _count_positives(local_ids, self.num_classes)
         return self._finish(result, logits, return_per_class, return_diagnostics)

@@ -173,20 +173,33 @@ def positive_weights(pos: Tensor, weight: Tensor | None, dtype: torch.dtype) -> 
     return w if weight is None else w * weight.unsqueeze(1)
 
 
-def rows_for_pairs(x_t: Tensor, pair_class: Tensor) -> Tensor:
-    """Row ``pair_class[p]`` of ``x_t [C, L]`` for every pair ``p``: ``[P, L]`` (a broadcast view when ``C == 1``).
+class Pairs(NamedTuple):
+    """The ``(class, row)`` entries selected by an ``[M, C]`` mask, class-major."""
 
-    ``index_select`` rather than advanced indexing: its backward is a fast ``index_add``.
+    cls: Tensor  # [P] long class of each entry
+    scores: Tensor  # [P] the row's score for that class (carries the graph)
+    weight: Tensor  # [P] the row's sample weight (1 when unweighted)
+
+
+def select_pairs(mask: Tensor, scores: Tensor, weight: Tensor | None) -> Pairs:
+    """Gather the entries of ``mask [M, C]`` (e.g. the positives): ``O(P)`` work downstream instead of ``O(M C)``."""
+    cls, rows = mask.t().nonzero(as_tuple=True)
+    w = torch.ones(rows.shape[0], dtype=scores.dtype, device=scores.device) if weight is None else weight[rows]
+    return Pairs(cls, entries(scores, rows, cls), w)
+
+
+def entries(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``x[rows, cols]`` for a 2-D ``x``, through ``index_select`` on the flat view.
+
+    Same values as advanced indexing, but its backward is an ``index_add`` rather than an
+    accumulating ``index_put``, which on CPU can stall for milliseconds on a busy machine.
     """
-    if x_t.shape[0] == 1:
-        return x_t.expand(pair_class.shape[0], -1)
-    return x_t.index_select(0, pair_class)
+    return x.reshape(-1).index_select(0, rows * x.shape[1] + cols)
 
 
-def pair_class_mean(values: Tensor, pair_class: Tensor, pair_weight: Tensor | None, den: Tensor) -> Tensor:
-    """Per-class weighted mean of per-pair values: ``sum_{p in c} w_p v_p / den_c`` (``w = 1`` when ``None``)."""
-    weighted = values if pair_weight is None else pair_weight * values
-    return safe_divide(values.new_zeros(den.shape[0]).index_add(0, pair_class, weighted), den)
+def class_sum(values: Tensor, cls: Tensor, num_classes: int) -> Tensor:
+    """``[C]`` sums of ``values [P]`` grouped by ``cls [P]``."""
+    return values.new_zeros(num_classes).index_add(0, cls, values)
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -198,8 +211,9 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     """Quantiles of each column of ``x`` over the rows selected by ``member``, for all classes at once.
 
     Reproduces :func:`torch.quantile` exactly for float32/float64 input (same rank arithmetic
-    in the input dtype, same rounding and ``lerp``), but works for any pool size and resolves
-    every level and every class with one sort.
+    in the input dtype, same rounding and ``lerp``), but works for any pool size and selects
+    the order statistics it needs (see :func:`order_statistics`) instead of sorting each
+    column separately.
 
     Args:
         x: ``[M, C]`` detached scores.
@@ -214,8 +228,6 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     counts = member.sum(0)
     if x.shape[0] == 0:
         return x.new_full((levels.shape[0], x.shape[1]), float("nan")), counts
-    # Non-members sort to the end; the first counts[c] entries of column c are its population.
-    sorted_x = x.masked_fill(~member, float("inf")).sort(dim=0).values
     last = (counts - 1).clamp_min(0).to(x.dtype)
     ranks = levels.unsqueeze(1) * last.unsqueeze(0)  # [L, C], in x's dtype as torch.quantile does
     if interpolation == "lower":
@@ -225,13 +237,65 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     elif interpolation == "nearest":
         ranks = ranks.round()
     below = ranks.long()
-    values = sorted_x.gather(0, below)
     if interpolation in ("linear", "midpoint"):
         above = ranks.ceil().long()
+        picked = order_statistics(x.t(), member.t(), torch.cat([below, above]))
         weights = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below.to(x.dtype)
-        values = torch.lerp(values, sorted_x.gather(0, above), weights)
+        values = torch.lerp(picked[: levels.shape[0]], picked[levels.shape[0] :], weights)
+    else:
+        values = order_statistics(x.t(), member.t(), below)
     values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
     return values, counts
+
+
+#: Pools up to this size are simply sorted (selection only pays off on large pools).
+SORT_MAX = 1 << 15
+
+
+def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
+    """The ``ranks[r, c]``-th smallest member of each row ``c`` of ``x_t`` (0-based), for every ``r``.
+
+    Small pools (``M <= SORT_MAX``) are sorted. Otherwise the cheapest exact selection is used:
+    one ``topk`` for ranks near the top of the population (budget thresholds), one
+    ``kthvalue`` per remaining rank row (padding each row with ``-inf`` so that every class's
+    rank lands on the same position), and a full sort only when that padding is impossible.
+
+    Args:
+        x_t: ``[C, M]`` scores.
+        member_t: ``[C, M]`` bool population of each row.
+        ranks: ``[R, C]`` long ranks in ``[0, count_c)`` (any value for empty rows).
+
+    Returns:
+        ``[R, C]`` values (arbitrary for empty rows).
+    """
+    m = x_t.shape[1]
+    x_t, member_t = x_t.contiguous(), member_t.contiguous()  # selection along contiguous rows is faster
+    counts = member_t.sum(1)
+    if m <= SORT_MAX:
+        return x_t.masked_fill(~member_t, float("inf")).sort(dim=1).values.gather(1, ranks.clamp_min(0).t()).t()
+    out = x_t.new_empty(ranks.shape)
+    from_top = (counts - 1 - ranks).clamp_min(0)
+    near_top = from_top.amax(1) < max(m // 8, 1)
+    if bool(near_top.any()):
+        k = int(from_top[near_top].max()) + 1
+        top = x_t.masked_fill(~member_t, float("-inf")).topk(k, dim=1).values  # [C, k], descending
+        out[near_top] = top.gather(1, from_top[near_top].t()).t()
+    rest = (~near_top).nonzero().squeeze(1).tolist()
+    if not rest:
+        return out
+    ranks = ranks.clamp_min(0)
+    outsiders = (~member_t).cumsum(1, dtype=torch.int32)  # how many non-members precede each slot, inclusive
+    high = x_t.masked_fill(~member_t, float("inf"))
+    for r in rest:  # a few rank rows (quartiles), not classes
+        k = int(ranks[r].max())
+        shift = k - ranks[r]  # non-members of row c moved to -inf so its rank lands on k
+        if bool((shift > m - counts).any()):
+            sorted_x = high.sort(dim=1).values
+            out[rest] = sorted_x.gather(1, ranks[rest].t()).t()
+            return out
+        padded = high.masked_fill(~member_t & (outsiders <= shift.unsqueeze(1).int()), float("-inf"))
+        out[r] = padded.kthvalue(k + 1, dim=1).values
+    return out
 
 
 def reduce_classes(result: RankingResult, reduction: str, anchor: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ Smooth-AP and the pairwise pAUC both need, for every class :math:`c` and every *
 .. math::
     R_{c,i,J} = \sum_{j} m_{c,j,J}\, \sigma(z_{c,j} - q_{c,i})
 
-(``m`` are 0/1 channel masks, e.g. "any member" and "positive"), and then a per-class
+(``m`` are 0/1 channel masks, e.g. "negative" and "positive"), and then a per-class
 objective :math:`\sum_i v(R_{c,i}, \theta_{c,i})`. Materialising the ``[|P|, M]`` pair matrix
 costs ``O(|P| M)`` memory; this kernel never does. Keys and queries are sorted per class and
 every pair falls in one of three regimes, relative to a window half-width :math:`K`:
@@ -20,12 +20,14 @@ every pair falls in one of three regimes, relative to a window half-width :math:
 The exponential tails factorise (:math:`e^{n(z-q)} = e^{nz} e^{-nq}`), so they are prefix
 sums over the sorted keys. To keep those prefix sums exact in floating point, values are
 grouped into cells of width :math:`G \le K` and each cell is scaled by its upper edge; a
-query then combines its own partial cell with the ``N + 1`` full cells below it, every factor
-being at most 1 (farther cells are below :math:`e^{-(N+1)K}`).
+query then combines its own partial cell with the few full cells below it, every factor
+being at most 1 (farther cells contribute less than :math:`e^{-(N+1)K}`).
 
 Because the objective :math:`v` is known in the forward pass, the gradient is formed there
 too (block by block for the window, by the same prefix sums for the tails) and saved as one
 ``[C, M]`` tensor. Extra memory is ``O(M C)`` plus one chunk of at most ``CHUNK`` pair terms.
+Problems with at most ``DENSE_MAX`` (query, row) pairs skip all this: every pair is evaluated
+at once with plain autograd, which has less fixed cost.
 
 Defaults (``K``, ``N``): ``(8, 2)`` in float32 and ``(10, 3)`` in float64, i.e. a truncation
 error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
@@ -40,10 +42,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._common import entries
+
 #: Queries per window block.
 BLOCK = 32
 #: Maximum number of pair terms evaluated at once (bounds the transient memory).
-CHUNK = 1 << 21
+CHUNK = 1 << 20
+#: Up to this many (padded query, pool row) pairs, every pair is evaluated with plain autograd (less fixed cost).
+DENSE_MAX = 1 << 20
 
 #: ``objective(R [..., J] float64, params [..., P] float64) -> (value [...], dvalue/dR [..., J])``
 Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -57,45 +63,30 @@ def window_and_order(dtype: torch.dtype) -> tuple[float, int]:
 class SortedRows(NamedTuple):
     """Per-class members of a pool, sorted by score and left-aligned in a ``[C, L]`` layout."""
 
-    values: Tensor  # [C, L] ascending; slots past `count` repeat the last value (0 for an empty row)
+    values: Tensor  # [C, L] raw scores, ascending; slots past `sizes` repeat the last value
     rows: Tensor  # [C, L] long: pool row of each slot (0 for padding slots)
     sizes: Tensor  # [C] long: number of real slots
 
 
-def sorted_rows(scores_t: Tensor, mask_t: Tensor, multiple: int = 1) -> SortedRows:
-    """Sort each row's selected entries ascending.
-
-    Args:
-        scores_t: ``[C, M]`` scores, one row per class.
-        mask_t: ``[C, M]`` bool, the entries of each row to keep.
-        multiple: Round the width ``L`` up to a multiple of this.
-
-    Returns:
-        A :class:`SortedRows` of width ``L = max_c count_c`` (rounded up).
-    """
+def sorted_rows(scores_t: Tensor, mask_t: Tensor, sizes: Tensor, width: int) -> SortedRows:
+    """Each row's selected entries, sorted ascending, in ``width`` slots (``width >= max(sizes)``)."""
     c, m = scores_t.shape
-    keyed = scores_t.detach().masked_fill(~mask_t, float("inf"))
-    sorted_vals, order = keyed.sort(dim=1)
-    count = mask_t.sum(1)
-    width = -(-int(count.max()) // multiple) * multiple if c > 0 and m > 0 else 0
+    if width == 0 or m == 0:
+        return SortedRows(scores_t.new_zeros(c, width), torch.zeros(c, width, dtype=torch.long), sizes)
     # Selected entries sort first: non-members are +inf and the scores are finite.
-    if width == 0:
-        empty = scores_t.new_zeros(c, 0)
-        return SortedRows(empty, empty.long(), count)
+    sorted_vals, order = scores_t.masked_fill(~mask_t, float("inf")).sort(dim=1)
     take = torch.arange(width, device=scores_t.device).clamp_max(m - 1).expand(c, width)
-    values = sorted_vals.gather(1, take)
-    index = order.gather(1, take)
-    pad = torch.arange(width, device=scores_t.device) >= count.unsqueeze(1)
-    last = values.gather(1, (count - 1).clamp_min(0).unsqueeze(1))
-    last = torch.where(count.unsqueeze(1) > 0, last, torch.zeros_like(last))
-    return SortedRows(torch.where(pad, last, values), index.masked_fill(pad, 0), count)
+    values, rows = sorted_vals.gather(1, take), order.gather(1, take)
+    pad = torch.arange(width, device=scores_t.device) >= sizes.unsqueeze(1)
+    last = values.gather(1, (sizes - 1).clamp_min(0).unsqueeze(1))
+    last = torch.where(sizes.unsqueeze(1) > 0, last, torch.zeros_like(last))
+    return SortedRows(torch.where(pad, last, values), rows.masked_fill(pad, 0), sizes)
 
 
 class _Cells(NamedTuple):
     """Sorted float64 values grouped into cells of width ``G`` (one row per class)."""
 
-    values: Tensor  # [C, L] float64, ascending
-    edge: Tensor  # [C, L] float64: upper edge G * (cell + 1) of each value's cell
+    offset: Tensor  # [C, L] float64: value minus the upper edge G * (cell + 1) of its cell, in [-G, 0)
     rank: Tensor  # [C, L] long: rank of the value's cell among the row's non-empty cells
     start: Tensor  # [C, R + 1] long: first slot of each rank; L past the row's last rank
     top: Tensor  # [C, R] float64: upper edge of each rank's cell
@@ -114,7 +105,7 @@ def _cells(values: Tensor, width: float) -> _Cells:
     start = start[:, : n_ranks + 1]
     edge = (cell + 1) * width
     top = edge.gather(1, start[:, :n_ranks].clamp_max(max(n - 1, 0))) if n > 0 else edge[:, :0]
-    return _Cells(values, edge, rank, start, top)
+    return _Cells(values - edge, rank, start, top)
 
 
 class _Side(NamedTuple):
@@ -126,8 +117,7 @@ class _Side(NamedTuple):
 
 
 def _side(values: Tensor, width: float) -> _Side:
-    v = values.double()
-    return _Side(_cells(v, width), _cells(-v.flip(1), width), v.shape[1])
+    return _Side(_cells(values, width), _cells(-values.flip(1), width), values.shape[1])
 
 
 def _prefix_exp(cells: _Cells, weight: Tensor, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
@@ -139,22 +129,30 @@ def _prefix_exp(cells: _Cells, weight: Tensor, cut: Tensor, x: Tensor, n: int, e
         cut: ``[C, X]`` long prefix ends.
         x: ``[C, X]`` float64 item values.
         n: Exponent order.
-        extra: Number of full cells below the partial one to include.
+        extra: Number of full cells below the partial one to include (farther ones are
+            below ``exp(-n * extra * G)``).
     """
     c, length = weight.shape
-    cum = weight.new_zeros(c, length + 1)
-    cum[:, 1:] = (weight * torch.exp(n * (cells.values - cells.edge))).cumsum(1)
-    totals = cum.gather(1, cells.start[:, 1:]) - cum.gather(1, cells.start[:, :-1])
-    if length == 0 or totals.shape[1] == 0:
+    if length == 0 or cells.top.shape[1] == 0:
         return x.new_zeros(x.shape)
+    cum = weight.new_zeros(c, length + 1)
+    cum[:, 1:] = cells.offset.mul(n).exp_().mul_(weight).cumsum(1)
+    totals = cum.gather(1, cells.start[:, 1:]).sub_(cum.gather(1, cells.start[:, :-1]))
     rank = cells.rank.gather(1, (cut - 1).clamp_min(0))
-    partial = cum.gather(1, cut) - cum.gather(1, cells.start.gather(1, rank))
-    out = partial * torch.exp(n * (cells.top.gather(1, rank) - x))
+    out = cum.gather(1, cut).sub_(cum.gather(1, cells.start.gather(1, rank)))
+    # Real terms have factors <= 1 by construction; the clamp keeps zero-weight padding slots from
+    # overflowing (inf * 0 = nan) when an item lies far beyond every real value.
+    out.mul_(cells.top.gather(1, rank).sub_(x).clamp_max_(0.0).mul_(n).exp_())
     for t in range(1, extra + 1):
-        r = (rank - t).clamp_min(0)
-        term = totals.gather(1, r) * torch.exp(n * (cells.top.gather(1, r) - x))
-        out = out + torch.where(rank >= t, term, torch.zeros_like(term))
-    return torch.where(cut > 0, out, torch.zeros_like(out))
+        r = (rank - t).clamp_min_(0)
+        term = cells.top.gather(1, r).sub_(x).clamp_max_(0.0).mul_(n).exp_().mul_(totals.gather(1, r))
+        out.add_(term.masked_fill_(rank < t, 0.0))
+    return out.masked_fill_(cut <= 0, 0.0)
+
+
+def _cells_needed(order: int, n: int) -> int:
+    """Full cells to add below the partial one: dropped terms of order ``n`` stay below ``e^{-(order+1)K}``."""
+    return -(-(order + 1) // n)
 
 
 def _suffix_exp(side: _Side, weight: Tensor, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
@@ -190,6 +188,157 @@ def _chunks(lengths: list[int], width: int) -> list[tuple[int, int]]:
     return out
 
 
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm``, except for small operands, where a broadcast product avoids the BLAS call.
+
+    Tiny BLAS calls spawn a parallel region; on a busy machine that can stall for a scheduler
+    time slice (milliseconds), far more than the arithmetic.
+    """
+    if a.numel() > 1 << 15:
+        return torch.bmm(a, b)
+    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
+
+
+def _block_terms(
+    sk: Tensor,
+    sq: Tensor,
+    tau: Tensor,
+    mask: Tensor,
+    base: Tensor,
+    params: Tensor,
+    objective: Objective,
+    work: Tensor,
+    self_slot: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Evaluate every (query, key) pair of ``n`` blocks exactly: sums and their gradient.
+
+    Args:
+        sk: ``[n, L]`` raw key scores, ``-inf`` on unused slots.
+        sq: ``[n, B]`` raw query scores.
+        tau: ``[n]`` temperature of each block's class.
+        mask: ``[n, L, J]`` channel weights of the keys (0 on unused slots).
+        base: ``[n, B, J]`` float64 contribution of the pairs outside the blocks (tails).
+        params: ``[n, B, P]`` objective parameters of the queries.
+        objective: See :data:`Objective`.
+        work: A buffer of at least ``2 n B L`` elements.
+        self_slot: ``[n, B]`` long, the key slot holding the query itself (``-1``/out of range
+            if none). That pair's sigmoid (1/2) is summed, but its derivative is left out: the
+            query- and key-side terms cancel exactly, and adding them in float32 only adds noise.
+
+    Returns:
+        ``(sums [n, B, J], grad_query [n, B], grad_key [n, L])``; the gradients are those of
+        the objective with respect to ``z = s / tau``.
+    """
+    n, b, span = sq.shape[0], sq.shape[1], sk.shape[1]
+    # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
+    sig, flip = work[: n * b * span].view(n, b, span), work[n * b * span : 2 * n * b * span].view(n, b, span)
+    torch.sub(sk.unsqueeze(1), sq.unsqueeze(2), out=sig)
+    sig.div_(tau.view(-1, 1, 1))
+    torch.neg(sig, out=flip).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
+    sig.sigmoid_()
+    sums = _bmm(sig, mask)
+    _, slope = objective(sums.double() + base, params)
+    slope = slope.to(sig.dtype)
+    sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
+    own = (self_slot >= 0) & (self_slot < span)
+    sig.view(n * b, span)[own.flatten().nonzero().squeeze(1), self_slot[own]] = 0.0
+    grad_query = -(_bmm(sig, mask) * slope).sum(2)
+    grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
+    return sums, grad_query, grad_key
+
+
+def _self_slots(keys: SortedRows, queries: SortedRows, pool_size: int) -> Tensor:
+    """``[C, Lq]`` key slot of each query's own row (``-1`` where the query is not a key)."""
+    c, lk = keys.rows.shape
+    valid = torch.arange(lk, device=keys.rows.device) < keys.sizes.unsqueeze(1)
+    slot_of_row = torch.full((c, pool_size + 1), -1, dtype=torch.long, device=keys.rows.device)
+    slots = torch.arange(lk, device=keys.rows.device).expand(c, lk)
+    slot_of_row.scatter_(1, torch.where(valid, keys.rows, pool_size), slots)
+    slot_of_row[:, pool_size] = -1
+    return slot_of_row.gather(1, queries.rows)
+
+
+def _windowed(
+    tau: Tensor,
+    keys: SortedRows,
+    key_mask: Tensor,
+    queries: SortedRows,
+    params: Tensor,
+    objective: Objective,
+    pool_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sorted windows plus exponential tails; returns ``(value, ratios, grad_key, grad_query)`` (``z`` units)."""
+    dtype, device = keys.values.dtype, keys.values.device
+    c = tau.shape[0]
+    half_width, order = window_and_order(dtype)
+    # Scaled scores in float64, relative to each class's lowest key: the tails need accurate
+    # differences even when |s| / tau is huge.
+    tau64 = tau.double().unsqueeze(1)
+    ref = keys.values[:, :1].double() if keys.values.shape[1] > 0 else tau64.new_zeros(tau64.shape)
+    zk, zq = (keys.values.double() - ref) / tau64, (queries.values.double() - ref) / tau64  # [C, Lk], [C, Lq]
+    lk, lq, n_ch = zk.shape[1], zq.shape[1], key_mask.shape[2]
+    plan = _plan(SortedRows(zk, keys.rows, keys.sizes), SortedRows(zq, queries.rows, queries.sizes), half_width)
+    nb = lq // BLOCK
+    self_blocks = _self_slots(keys, queries, pool_size).view(c * nb, BLOCK)
+    lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
+    hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
+
+    # Exponential tails (float64), per channel: values and their derivative in the query.
+    key_side = _side(zk, half_width)
+    tail = zq.new_zeros(c, lq, n_ch)
+    tail_dq = zq.new_zeros(c, lq, n_ch)
+    for ch in range(n_ch):
+        w = key_mask[..., ch].double()
+        count = w.new_zeros(c, lk + 1)
+        count[:, 1:] = w.cumsum(1)
+        tail[..., ch] = count.gather(1, keys.sizes.unsqueeze(1)) - count.gather(1, hi_q)
+        for n in range(1, order + 1):
+            below = _prefix_exp(key_side.up, w, lo_q, zq, n, _cells_needed(order, n))
+            above = _suffix_exp(key_side, w, hi_q, zq, n, _cells_needed(order, n))
+            sign = 1.0 if n % 2 else -1.0
+            tail[..., ch] += sign * (below - above)
+            tail_dq[..., ch] += sign * n * (-below - above)
+
+    # Window blocks, in chunks of similar window length.
+    sums = torch.zeros(c * nb, BLOCK, n_ch, dtype=dtype, device=device)
+    grad_k = torch.zeros(c * lk, dtype=torch.float64, device=device)  # many blocks add into a key
+    grad_q = torch.zeros(c * nb, BLOCK, dtype=dtype, device=device)
+    lengths = (plan.hi - plan.lo).masked_fill(~plan.active, 0).flatten()
+    live = torch.nonzero(lengths > 0).squeeze(1)
+    live = live[torch.argsort(lengths[live], descending=True)]
+    host_lengths = lengths[live].tolist()
+    sk_flat, mask_flat = keys.values.flatten(), key_mask.to(dtype).reshape(c * lk, n_ch)
+    sq_blocks = queries.values.reshape(c * nb, BLOCK)
+    tail_blocks = tail.view(c * nb, BLOCK, n_ch)
+    param_blocks = params.view(c * nb, BLOCK, params.shape[-1])
+    chunks = _chunks(host_lengths, BLOCK)
+    work = sk_flat.new_empty(2 * max([(stop - start) * BLOCK * host_lengths[start] for start, stop in chunks] or [0]))
+    for start, stop in chunks:  # one buffer serves every chunk
+        sel = live[start:stop]
+        offsets = torch.arange(host_lengths[start], device=device)
+        inside = offsets < lengths[sel].unsqueeze(1)  # [nb', span]
+        flat = (sel // nb * lk + plan.lo.flatten()[sel]).unsqueeze(1) + offsets
+        flat = torch.where(inside, flat, torch.zeros_like(flat))
+        sums[sel], grad_q[sel], key_grad = _block_terms(
+            sk_flat[flat].masked_fill(~inside, float("-inf")),
+            sq_blocks[sel],
+            tau[sel // nb],
+            mask_flat[flat] * inside.unsqueeze(2).to(dtype),
+            tail_blocks[sel],
+            param_blocks[sel],
+            objective,
+            work,
+            self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1),
+        )
+        grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
+
+    ratios = sums.view(c, lq, n_ch).double() + tail
+    value, slope = objective(ratios, params)
+    grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
+    grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width).flatten()
+    return value, ratios, grad_k.view(c, lk).to(dtype), grad_q
+
+
 class _PairSums(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -202,79 +351,15 @@ class _PairSums(torch.autograd.Function):
         params: Tensor,
         objective: Objective,
     ) -> tuple[Tensor, Tensor]:
-        dtype = scores.dtype
-        c = scores.shape[1]
-        half_width, order = window_and_order(dtype)
-        zk = keys.values / tau.unsqueeze(1)  # [C, Lk]
-        zq = queries.values / tau.unsqueeze(1)  # [C, Lq]
-        lk, lq, n_ch = zk.shape[1], zq.shape[1], key_mask.shape[2]
-        plan = _plan(SortedRows(zk, keys.rows, keys.sizes), SortedRows(zq, queries.rows, queries.sizes), half_width)
-        nb = lq // BLOCK
-        lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
-        hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
-        mask64 = key_mask.double()
-
-        # Exponential tails (float64), per channel: values and their derivative in the query.
-        key_side = _side(zk, half_width)
-        zq64 = zq.double()
-        tail = zq64.new_zeros(c, lq, n_ch)
-        tail_dq = zq64.new_zeros(c, lq, n_ch)
-        for ch in range(n_ch):
-            w = mask64[..., ch]
-            count = w.new_zeros(c, lk + 1)
-            count[:, 1:] = w.cumsum(1)
-            tail[..., ch] = count.gather(1, keys.sizes.unsqueeze(1)) - count.gather(1, hi_q)
-            for n in range(1, order + 1):
-                below = _prefix_exp(key_side.up, w, lo_q, zq64, n, order + 1)
-                above = _suffix_exp(key_side, w, hi_q, zq64, n, order + 1)
-                sign = 1.0 if n % 2 else -1.0
-                tail[..., ch] += sign * (below - above)
-                tail_dq[..., ch] += sign * n * (-below - above)
-
-        # Window blocks, in chunks of similar window length.
-        sums = torch.zeros(c * nb, BLOCK, n_ch, dtype=dtype, device=scores.device)
-        grad_k = torch.zeros(c * lk, dtype=torch.float64, device=scores.device)  # many blocks add into a key
-        grad_q = torch.zeros(c * nb, BLOCK, dtype=dtype, device=scores.device)
-        lengths = (plan.hi - plan.lo).masked_fill(~plan.active, 0).flatten()
-        live = torch.nonzero(lengths > 0).squeeze(1)
-        live = live[torch.argsort(lengths[live], descending=True)]
-        host_lengths = lengths[live].tolist()
-        # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
-        sk_flat, mask_flat = keys.values.flatten(), key_mask.to(dtype).reshape(c * lk, n_ch)
-        sq_blocks = queries.values.reshape(c * nb, BLOCK)
-        tail_blocks = tail.view(c * nb, BLOCK, n_ch)
-        param_blocks = params.view(c * nb, BLOCK, params.shape[-1])
-        for start, stop in _chunks(host_lengths, BLOCK):
-            sel = live[start:stop]
-            span = host_lengths[start]
-            offsets = torch.arange(span, device=scores.device)
-            inside = offsets < lengths[sel].unsqueeze(1)  # [nb', span]
-            flat = (sel // nb * lk + plan.lo.flatten()[sel]).unsqueeze(1) + offsets
-            flat = torch.where(inside, flat, torch.zeros_like(flat))
-            sk_blk = sk_flat[flat].masked_fill(~inside, float("-inf"))
-            m_blk = mask_flat[flat] * inside.unsqueeze(2).to(dtype)  # [nb', span, J]
-            diff = sk_blk.unsqueeze(1) - sq_blocks[sel].unsqueeze(2)  # [nb', B, span]
-            sig = torch.sigmoid_(diff.div_(tau[sel // nb].view(-1, 1, 1)))
-            block_sums = torch.bmm(sig, m_blk)
-            sums[sel] = block_sums
-            _, slope = objective(block_sums.double() + tail_blocks[sel], param_blocks[sel])
-            slope = slope.to(dtype)
-            sig.addcmul_(sig, sig, value=-1.0)  # sigma' = sigma (1 - sigma)
-            grad_q[sel] = -(torch.bmm(sig, m_blk) * slope).sum(2)
-            key_grad = (torch.bmm(sig.transpose(1, 2), slope) * m_blk).sum(2)
-            grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
-
-        ratios = sums.view(c, lq, n_ch).double() + tail
-        value, slope = objective(ratios, params)
-        grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
-        grad_k = (grad_k.view(c, lk) + _key_tail_grad(zq, zk, plan, slope, mask64, order, half_width)).to(dtype)
-
-        grad = torch.zeros(c, scores.shape[0], dtype=dtype, device=scores.device)
-        grad.scatter_add_(1, keys.rows, grad_k)
-        grad.scatter_add_(1, queries.rows, grad_q)
-        ctx.save_for_backward(grad / tau.unsqueeze(1))
+        value, ratios, grad_k, grad_q = _windowed(tau, keys, key_mask, queries, params, objective, scores.shape[0])
+        c, m = tau.shape[0], scores.shape[0]
+        grad = torch.zeros(c * m, dtype=scores.dtype, device=scores.device)  # flat [C, M]
+        base = torch.arange(c, device=scores.device).unsqueeze(1) * m
+        grad.index_add_(0, (keys.rows + base).flatten(), grad_k.flatten())  # index_add: see `entries`
+        grad.index_add_(0, (queries.rows + base).flatten(), grad_q.flatten())
+        ctx.save_for_backward(grad.view(c, m) / tau.unsqueeze(1))
         ctx.mark_non_differentiable(ratios)
-        return value.sum(1).to(dtype), ratios
+        return value.sum(1).to(scores.dtype), ratios
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor, _unused: Tensor) -> tuple[Tensor | None, ...]:
@@ -283,7 +368,7 @@ class _PairSums(torch.autograd.Function):
 
 
 def _key_tail_grad(
-    zq: Tensor, zk: Tensor, plan: _Plan, slope: Tensor, mask64: Tensor, order: int, half_width: float
+    zq: Tensor, zk: Tensor, plan: _Plan, slope: Tensor, key_mask: Tensor, order: int, half_width: float
 ) -> Tensor:
     """Gradient of every query's exponential tails with respect to the keys, ``[C, Lk]`` float64.
 
@@ -296,42 +381,124 @@ def _key_tail_grad(
     after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
     before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
     query_side = _side(zq, half_width)
-    zk64 = zk.double()
-    out = zk64.new_zeros(c, lk)
+    out = zk.new_zeros(c, lk)
     for ch in range(slope.shape[2]):
         a = slope[..., ch]
         for n in range(1, order + 1):
             sign = 1.0 if n % 2 else -1.0
-            from_below = _suffix_exp(query_side, a, after, zk64, n, order + 1)
-            from_above = _prefix_exp(query_side.up, a, before, zk64, n, order + 1)
-            out += sign * n * (from_below + from_above) * mask64[..., ch]
+            from_below = _suffix_exp(query_side, a, after, zk, n, _cells_needed(order, n))
+            from_above = _prefix_exp(query_side.up, a, before, zk, n, _cells_needed(order, n))
+            out += (sign * n * (from_below + from_above)).masked_fill_(~key_mask[..., ch], 0.0)
     return out
+
+
+class PairResult(NamedTuple):
+    """Output of :func:`pair_sums`, one entry per query (class-major, any order within a class)."""
+
+    per_class: Tensor  # [C] objective sums (carries the gradient)
+    ratios: Tensor  # [P, J] float64 key sums R of each query (no gradient)
+    query_class: Tensor  # [P] long class of each query
 
 
 def pair_sums(
     scores: Tensor,
     tau: Tensor,
-    keys: SortedRows,
-    key_mask: Tensor,
-    queries: SortedRows,
-    params: Tensor,
+    key_channels: Tensor,
+    query_mask: Tensor,
+    weight: Tensor | None,
+    class_params: Tensor,
     objective: Objective,
-) -> tuple[Tensor, Tensor]:
+) -> PairResult:
     r"""Per-class objective :math:`\sum_i v(R_{c,i}, \theta_{c,i})` with an analytic, memory-bounded gradient.
+
+    Small problems (at most :data:`DENSE_MAX` padded query-row pairs) evaluate every pair with plain
+    autograd; larger ones use the sorted windows and exponential tails, whose gradient is formed
+    in the forward pass, so nothing of size ``[|P|, M]`` is kept for backward.
 
     Args:
         scores: ``[M, C]`` pool scores (the only input that receives a gradient).
         tau: ``[C]`` temperature of each class (``z = s / tau``), no gradient.
-        keys: Keys of each class (:func:`sorted_rows` of ``scores.t()``).
-        key_mask: ``[C, Lk, J]`` bool channel masks of the keys (False on padding slots).
-        queries: Queries of each class, width a multiple of :data:`BLOCK`.
-        params: ``[C, Lq, P]`` float64 per-query constants for ``objective`` (zero on padding
-            slots, where ``objective`` must return a zero slope).
-        objective: Maps ``R [..., J]`` and ``params`` to per-query values and slopes.
+        key_channels: ``[M, C, J]`` bool: key ``(j, c)`` counts in channel ``J`` (a key is any
+            entry with at least one channel).
+        query_mask: ``[M, C]`` bool queries.
+        weight: Optional ``[M]`` query weights (1 when ``None``).
+        class_params: ``[C, P]`` per-class constants of the objective.
+        objective: Receives ``R [..., J]`` and ``params [..., 1 + P]`` = (query weight, class
+            constants), the weight being 0 on padding slots, where the slope must vanish.
 
     Returns:
-        ``(per_class [C], R [C, Lq, J])``; ``R`` (float64, no gradient) is
-        :math:`\sum_j m_{j,J} \sigma(z_j - q_i)`.
+        A :class:`PairResult`; ``ratios`` are :math:`R_{c,i,J} = \sum_j m_{j,J} \sigma(z_j - q_i)`.
     """
-    out: tuple[Tensor, Tensor] = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective)
-    return out
+    c, device = scores.shape[1], scores.device
+    query_t = query_mask.t()
+    nq = query_t.sum(1)
+    lq = int(nq.max())
+    if c * lq * scores.shape[0] <= DENSE_MAX:
+        return _dense_pair_sums(scores, tau, key_channels, query_t, lq, weight, class_params, objective)
+    s_t = scores.detach().t()
+    key_t = key_channels.any(2).t()
+    nk = key_t.sum(1)
+    lk = int(nk.max())
+    keys = sorted_rows(s_t, key_t, nk, lk)
+    queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
+    key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
+    n_ch = key_channels.shape[2]
+    key_mask = key_channels.permute(1, 0, 2).gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch))
+    key_mask &= key_valid.unsqueeze(2)
+    query_valid = torch.arange(queries.rows.shape[1], device=device) < nq.unsqueeze(1)
+    query_w = query_valid.double() if weight is None else weight.double()[queries.rows] * query_valid
+    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, query_w.shape[1], -1)], 2)
+    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective)
+    query_class = torch.arange(c, device=device).unsqueeze(1).expand_as(query_valid)[query_valid]
+    return PairResult(per_class, ratios[query_valid], query_class)
+
+
+class _PairSigmoid(torch.autograd.Function):
+    """``sigmoid(d)`` for ``d [C, Lq, M]`` with an exact derivative, and none for each query's own row.
+
+    The derivative is ``sigmoid(d) sigmoid(-d)``, which keeps its relative precision where
+    ``sigma (1 - sigma)`` rounds to 0. The pair of a query with itself (``rows [C, Lq]``) gets no
+    derivative: its query- and key-side terms cancel exactly, and summing them only adds noise.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, d: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(d, rows)
+        return torch.sigmoid(d)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        d, rows = ctx.saved_tensors
+        out = grad * torch.sigmoid(d) * torch.sigmoid(-d)
+        return out.scatter_(2, rows.unsqueeze(2), 0.0), None
+
+
+def _dense_pair_sums(
+    scores: Tensor,
+    tau: Tensor,
+    key_channels: Tensor,
+    query_t: Tensor,
+    width: int,
+    weight: Tensor | None,
+    class_params: Tensor,
+    objective: Objective,
+) -> PairResult:
+    """Every (query, row) pair at once, with autograd: ``[C, Lq, M]`` terms, at most :data:`DENSE_MAX`.
+
+    Queries are packed per class (pool order, ``width`` slots); the pool enters by broadcasting,
+    so no backward scatters into it.
+    """
+    c, m = query_t.shape
+    slot = torch.where(query_t, query_t.cumsum(1) - 1, width)
+    rows = torch.zeros(c, width + 1, dtype=torch.long, device=scores.device)
+    rows = rows.scatter_(1, slot, torch.arange(m, device=scores.device).expand(c, m))[:, :width]
+    valid = torch.arange(width, device=scores.device) < query_t.sum(1, keepdim=True)
+    cls = torch.arange(c, device=scores.device).unsqueeze(1).expand(c, width)
+    s_t = scores.t()
+    queries = entries(scores, rows.reshape(-1), cls.reshape(-1)).view(c, width, 1)
+    sig = _PairSigmoid.apply((s_t.unsqueeze(1) - queries) / tau.view(c, 1, 1), rows)  # [C, Lq, M]
+    r = _bmm(sig, key_channels.transpose(0, 1).to(sig.dtype)).double()  # [C, Lq, J]
+    query_w = valid.double() if weight is None else weight.double()[rows] * valid
+    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, width, -1)], 2)
+    value, _ = objective(r, params)
+    return PairResult(value.sum(1).to(scores.dtype), r.detach()[valid], cls[valid])

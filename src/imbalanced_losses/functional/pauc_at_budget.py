@@ -13,15 +13,15 @@ from ._common import (
     Pool,
     RankingResult,
     check_common,
+    class_sum,
     functional_pool,
     masked_column_quantiles,
     package,
-    pair_class_mean,
-    positive_weights,
     row_mask,
-    rows_for_pairs,
     safe_divide,
+    select_pairs,
 )
+from ._pairs import pair_sums
 
 SURROGATES = ("trapezoid", "pairwise")
 TAU_SCALES = ("iqr", "band")
@@ -70,11 +70,17 @@ def _knot_levels(alpha: float, beta: float, n_knots: int) -> list[float]:
     return [1.0 - alpha, *inner, 1.0 - beta]
 
 
-def _class_var(values: Tensor, cls: Tensor, counts: Tensor) -> Tensor:
-    """Population variance of ``values`` grouped by ``cls`` (``counts`` members per class)."""
+def _grouped_var(values: Tensor, cls: Tensor, counts: Tensor) -> Tensor:
+    """Population variance of ``values [P]`` grouped by ``cls [P]`` (``counts [C]`` members per class)."""
     n = counts.to(values.dtype)
-    mean = pair_class_mean(values, cls, None, n)
-    return pair_class_mean((values - mean[cls]) ** 2, cls, None, n)
+    mean = safe_divide(class_sum(values, cls, n.shape[0]), n)
+    return safe_divide(class_sum((values - mean[cls]) ** 2, cls, n.shape[0]), n)
+
+
+def _pairwise_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """Per positive ``w / den * (1 - R / |B|)`` (``params = (w, 1/den, 1/|B|)``) and its slope in ``R``."""
+    coef, inv_band = params[..., 0] * params[..., 1], params[..., 2]
+    return coef * (1.0 - r[..., 0] * inv_band), (-coef * inv_band).unsqueeze(-1)
 
 
 def pauc_at_budget_core(
@@ -91,8 +97,9 @@ def pauc_at_budget_core(
     budget_basis: str = "fpr",
     temperature: float = 0.1,
     interpolation: str = "higher",
+    diagnostics: bool = False,
 ) -> RankingResult:
-    """Per-class loss ``1 - pAUC_c`` on a pool, with the six diagnostics (no reduction).
+    """Per-class loss ``1 - pAUC_c`` on a pool (no reduction), with the six diagnostics if asked.
 
     ``iid`` and ``live`` are ``[M]`` bool row flags. See :func:`pauc_at_budget_loss` for the math.
     """
@@ -103,7 +110,7 @@ def pauc_at_budget_core(
     numer = pos if pos_numerator == "pool" else pos & live.unsqueeze(1)
     ref = neg_iid if budget_basis == "fpr" else (pos | neg) & iid.unsqueeze(1)
 
-    # One sort resolves every threshold of every class: band edges, knots, quartiles.
+    # One selection pass resolves every threshold of every class: band edges, knots, quartiles.
     levels = _knot_levels(alpha, beta, n_knots) if surrogate == "trapezoid" else [1.0 - alpha, 1.0 - beta]
     if tau_scale == "iqr":
         levels += [0.75, 0.25]
@@ -112,9 +119,10 @@ def pauc_at_budget_core(
     t_beta = qs[n_knots - 1] if surrogate == "trapezoid" else qs[1]
     scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta
 
-    pos_w = positive_weights(numer, weight, dtype)
-    den = pos_w.sum(0)
-    n_numer = numer.sum(0)
+    c = scores.shape[1]
+    pairs = select_pairs(numer, scores, weight)
+    den = class_sum(pairs.weight, pairs.cls, c)
+    n_numer = torch.bincount(pairs.cls, minlength=c)
     gated = pos.any(0) & neg_iid.any(0) & (n_numer > 0) & (den > 0)
     degenerate = gated & ~(scale > MIN_DISPERSION)
     valid = gated & ~degenerate
@@ -126,37 +134,31 @@ def pauc_at_budget_core(
         knots = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
         omega = torch.ones(n_knots, dtype=dtype, device=s.device)
         omega[0] = omega[-1] = 0.5
-        sig = torch.sigmoid((scores.unsqueeze(2) - knots) / tau_safe.unsqueeze(1))  # [M, C, K]
-        contrib = (sig * omega).sum(2) / (n_knots - 1)  # [M, C]: v_i, the band-mean soft TPR of row i
-        pauc = safe_divide((contrib * pos_w).sum(0), den)
-        var_cls, var_rows = numer.t().nonzero(as_tuple=True)
-        v = contrib.detach().t()[var_cls, var_rows]
+        sig = torch.sigmoid((pairs.scores.unsqueeze(1) - knots[pairs.cls]) / tau_safe[pairs.cls].unsqueeze(1))
+        contrib = (sig * omega).sum(1) / (n_knots - 1)  # [P]: v_i, the band-mean soft TPR of positive i
+        pauc = safe_divide(class_sum(contrib * pairs.weight, pairs.cls, c), den)
+        v, v_cls = contrib.detach(), pairs.cls
     else:
         band = neg & in_band  # every pooled negative in the band, iid or not
         n_band = band.sum(0)
         valid = valid & (n_band > 0)
-        width = int(n_band.max())
-        # Band rows of each class first (stable), padded to the widest band with +inf scores,
-        # whose sigmoid terms are exactly 0 and carry no gradient.
-        order = torch.sort((~band).to(torch.uint8), dim=0, stable=True).indices[:width]  # [B, C]
-        z = scores / tau_safe  # [M, C]
-        pad = torch.arange(width, device=s.device).unsqueeze(1) >= n_band  # [B, C]
-        z_band = z.gather(0, order).masked_fill(pad, float("inf")).t().contiguous()  # [C, B]
-        var_cls, var_rows = numer.t().nonzero(as_tuple=True)
-        z_i = z.t()[var_cls, var_rows].unsqueeze(1)
-        sig = torch.sigmoid(z_i - rows_for_pairs(z_band, var_cls))  # [P, B]
-        per_pos = safe_divide(sig.sum(1), n_band[var_cls].to(dtype))
-        w_pairs = pos_w.t()[numer.t()]
-        pauc = pair_class_mean(per_pos, var_cls, w_pairs, den)
-        v = per_pos.detach()
+        inv_band = safe_divide(torch.ones_like(den), n_band.to(dtype))
+        class_params = torch.stack([safe_divide(torch.ones_like(den), den), inv_band], dim=1)
+        out = pair_sums(scores, tau_safe, band.unsqueeze(2), numer, weight, class_params, _pairwise_objective)
+        pauc = out.per_class
+        # Each positive's share of the band negatives below it.
+        v_cls = out.query_class
+        v = (1.0 - out.ratios[:, 0] * inv_band.double()[v_cls]).to(dtype)
 
+    if not diagnostics:
+        return RankingResult(1.0 - pauc, valid, None, degenerate)
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {
         "t_alpha": torch.where(valid, t_alpha, nan),
         "t_beta": torch.where(valid, t_beta, nan),
         "tau_eff": torch.where(valid, tau_eff, nan),
         "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
-        "pauc_var": torch.where(valid, _class_var(v, var_cls, n_numer), nan),
+        "pauc_var": torch.where(valid, _grouped_var(v, v_cls, n_numer), nan),
         "grad_pos_count": (pos & live.unsqueeze(1)).sum(0),
     }
     return RankingResult(1.0 - pauc, valid, stats, degenerate)
@@ -283,6 +285,7 @@ def pauc_at_budget_loss(
         budget_basis=budget_basis,
         temperature=temperature,
         interpolation=quantile_interpolation,
+        diagnostics=return_diagnostics,
     )
     if result.degenerate is not None and bool(result.degenerate.any()):
         warn(dispersion_message(alpha=alpha, budget_basis=budget_basis, tau_scale=tau_scale))

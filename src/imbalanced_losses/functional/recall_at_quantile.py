@@ -12,11 +12,12 @@ from ._common import (
     Pool,
     RankingResult,
     check_common,
+    class_sum,
     functional_pool,
     masked_column_quantiles,
     package,
-    positive_weights,
     safe_divide,
+    select_pairs,
 )
 
 
@@ -32,10 +33,11 @@ def recall_at_quantile_core(
     levels = torch.tensor([1.0 - quantile], dtype=scores.dtype, device=scores.device)
     thresholds, _ = masked_column_quantiles(scores, pos | neg, levels, interpolation)
     theta = torch.nan_to_num(thresholds[0], nan=0.0)  # [C]; empty columns are invalid anyway
-    pos_w = positive_weights(pos, weight, scores.dtype)
-    soft_hits = torch.sigmoid((scores - theta) / temperature)
-    den = pos_w.sum(0)
-    recall = safe_divide((soft_hits * pos_w).sum(0), den)
+    pairs = select_pairs(pos, scores, weight)  # only positives enter the numerator
+    soft_hits = torch.sigmoid((pairs.scores - theta[pairs.cls]) / temperature)
+    c = scores.shape[1]
+    den = class_sum(pairs.weight, pairs.cls, c)
+    recall = safe_divide(class_sum(soft_hits * pairs.weight, pairs.cls, c), den)
     valid = pos.any(0) & (den > 0)
     return RankingResult(1.0 - recall, valid)
 

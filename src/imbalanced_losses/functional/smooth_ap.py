@@ -17,20 +17,22 @@ from ._common import (
     positive_weights,
     safe_divide,
 )
-from ._pairs import BLOCK, pair_sums, sorted_rows
+from ._pairs import pair_sums
 
 
-def _ap_objective(r: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Per positive ``coef * R_pos / R_all`` and its slope in the (negative, positive) key sums.
+def _ap_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Per positive ``w / den * R_pos / R_all`` and its slope in the (negative, positive) key sums.
 
     ``r[..., 0]`` sums over negative keys, ``r[..., 1]`` over positive keys (the self term
-    :math:`\sigma(0) = 1/2` included, so ``R_pos = r_pos + 1/2`` adds the other half). Disjoint
-    channels keep the slopes free of cancellation: ``d/dr_pos = coef * r_neg / R_all^2``.
+    :math:`\sigma(0) = 1/2` included, so ``R_pos = r_pos + 1/2`` adds the other half);
+    ``params = (w, 1 / den)``. Disjoint channels keep the slopes free of cancellation:
+    ``d/dr_pos = coef * r_neg / R_all^2``.
     """
+    coef = params[..., 0] * params[..., 1]
     r_neg, r_pos = r[..., 0], r[..., 1] + 0.5
     r_all = r_neg + r_pos
-    value = coef[..., 0] * r_pos / r_all
-    return value, torch.stack([-value / r_all, coef[..., 0] * r_neg / r_all**2], dim=-1)
+    value = coef * r_pos / r_all
+    return value, torch.stack([-value / r_all, coef * r_neg / r_all**2], dim=-1)
 
 
 def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
@@ -39,25 +41,14 @@ def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
     For the positives :math:`k` of class :math:`c`,
     :math:`R_{all}(k) = \tfrac12 + \sum_{j \in c} \sigma((s_j - s_k)/\tau)` over the class's
     members (the self term :math:`\sigma(0)` included, hence :math:`\tfrac12`) and
-    :math:`R_{pos}(k)` likewise over its positives; the kernel sums negatives and positives
-    as two disjoint channels. The sums run through the memory-bounded
-    kernel :func:`~imbalanced_losses.functional._pairs.pair_sums` (sorted windows plus
-    exponential tails; no ``[|P|, M]`` tensor).
+    :math:`R_{pos}(k)` likewise over its positives. The sums run through the memory-bounded
+    kernel :func:`~imbalanced_losses.functional._pairs.pair_sums` (no ``[|P|, M]`` tensor).
     """
     scores, pos, neg, weight = pool
-    dtype = scores.dtype
-    s_t, pos_t = scores.t(), pos.t()
-    keys = sorted_rows(s_t, (pos | neg).t())
-    queries = sorted_rows(s_t, pos_t, multiple=BLOCK)
-    key_slot = torch.arange(keys.rows.shape[1], device=scores.device) < keys.sizes.unsqueeze(1)
-    key_pos = pos_t.gather(1, keys.rows) & key_slot
-    key_mask = torch.stack([key_slot & ~key_pos, key_pos], dim=-1)
-    pos_w = positive_weights(pos, weight, dtype)  # [M, C]
-    den = pos_w.sum(0)
-    query_slot = torch.arange(queries.rows.shape[1], device=scores.device) < queries.sizes.unsqueeze(1)
-    coef = safe_divide(pos_w.t().gather(1, queries.rows) * query_slot, den.unsqueeze(1))
-    tau = torch.full((scores.shape[1],), temperature, dtype=dtype, device=scores.device)
-    ap, _ = pair_sums(scores, tau, keys, key_mask, queries, coef.double().unsqueeze(-1), _ap_objective)
+    den = positive_weights(pos, weight, scores.dtype).sum(0)
+    tau = torch.full((scores.shape[1],), temperature, dtype=scores.dtype, device=scores.device)
+    inv_den = safe_divide(torch.ones_like(den), den).unsqueeze(1)
+    ap = pair_sums(scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective).per_class
     valid = pos.any(0) & neg.any(0) & (den > 0)
     return RankingResult(1.0 - ap, valid)
 
