@@ -48,6 +48,8 @@ from ._common import entries
 BLOCK = 32
 #: Maximum number of pair terms evaluated at once (bounds the transient memory).
 CHUNK = 1 << 20
+#: Keys per step when the tails' gradient is pushed to the keys (bounds the temporaries).
+ITEMS = 1 << 15
 #: Up to this many (padded query, pool row) pairs, every pair is evaluated with plain autograd (less fixed cost).
 DENSE_MAX = 1 << 20
 
@@ -120,44 +122,68 @@ def _side(values: Tensor, width: float) -> _Side:
     return _Side(_cells(values, width), _cells(-values.flip(1), width), values.shape[1])
 
 
-def _prefix_exp(cells: _Cells, weight: Tensor, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
+class _Table(NamedTuple):
+    """Prefix sums of ``weight * exp(n * offset)`` over one :class:`_Cells` (float64)."""
+
+    cum: Tensor  # [C, L + 1] exclusive prefix sums
+    totals: Tensor  # [C, R] sum of each cell
+
+
+def _table(cells: _Cells, weight: Tensor, n: int) -> _Table:
+    cum = weight.new_zeros(weight.shape[0], weight.shape[1] + 1)
+    cum[:, 1:] = cells.offset.mul(n).exp_().mul_(weight).cumsum(1)
+    return _Table(cum, cum.gather(1, cells.start[:, 1:]).sub_(cum.gather(1, cells.start[:, :-1])))
+
+
+def _lookup(cells: _Cells, table: _Table, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
     r"""``sum_{j < cut} weight_j exp(n (v_j - x))`` for items ``(cut, x)`` given ``v_{cut-1} <= x - K``.
 
     Args:
         cells: The sorted values ``v`` ``[C, L]``.
-        weight: ``[C, L]`` float64 weights.
+        table: :func:`_table` of ``cells`` with the weights and order ``n``.
         cut: ``[C, X]`` long prefix ends.
         x: ``[C, X]`` float64 item values.
         n: Exponent order.
         extra: Number of full cells below the partial one to include (farther ones are
             below ``exp(-n * extra * G)``).
     """
-    c, length = weight.shape
-    if length == 0 or cells.top.shape[1] == 0:
+    if cells.offset.shape[1] == 0 or cells.top.shape[1] == 0:
         return x.new_zeros(x.shape)
-    cum = weight.new_zeros(c, length + 1)
-    cum[:, 1:] = cells.offset.mul(n).exp_().mul_(weight).cumsum(1)
-    totals = cum.gather(1, cells.start[:, 1:]).sub_(cum.gather(1, cells.start[:, :-1]))
     rank = cells.rank.gather(1, (cut - 1).clamp_min(0))
-    out = cum.gather(1, cut).sub_(cum.gather(1, cells.start.gather(1, rank)))
+    out = table.cum.gather(1, cut).sub_(table.cum.gather(1, cells.start.gather(1, rank)))
     # Real terms have factors <= 1 by construction; the clamp keeps zero-weight padding slots from
     # overflowing (inf * 0 = nan) when an item lies far beyond every real value.
     out.mul_(cells.top.gather(1, rank).sub_(x).clamp_max_(0.0).mul_(n).exp_())
     for t in range(1, extra + 1):
         r = (rank - t).clamp_min_(0)
-        term = cells.top.gather(1, r).sub_(x).clamp_max_(0.0).mul_(n).exp_().mul_(totals.gather(1, r))
+        term = cells.top.gather(1, r).sub_(x).clamp_max_(0.0).mul_(n).exp_().mul_(table.totals.gather(1, r))
         out.add_(term.masked_fill_(rank < t, 0.0))
     return out.masked_fill_(cut <= 0, 0.0)
+
+
+class _Sums(NamedTuple):
+    """Prefix-sum tables of one weighted sorted array for both directions."""
+
+    side: _Side
+    up: _Table
+    down: _Table
+
+    def below(self, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
+        """``sum_{j < cut} w_j exp(n (v_j - x))``."""
+        return _lookup(self.side.up, self.up, cut, x, n, extra)
+
+    def above(self, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
+        """``sum_{j >= cut} w_j exp(-n (v_j - x))`` (the same sums on the negated, flipped array)."""
+        return _lookup(self.side.down, self.down, self.side.length - cut, -x, n, extra)
+
+
+def _sums(side: _Side, weight: Tensor, n: int) -> _Sums:
+    return _Sums(side, _table(side.up, weight, n), _table(side.down, weight.flip(1), n))
 
 
 def _cells_needed(order: int, n: int) -> int:
     """Full cells to add below the partial one: dropped terms of order ``n`` stay below ``e^{-(order+1)K}``."""
     return -(-(order + 1) // n)
-
-
-def _suffix_exp(side: _Side, weight: Tensor, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
-    """``sum_{j >= cut} weight_j exp(-n (v_j - x))`` for items ``(cut, x)`` given ``v_cut >= x + K``."""
-    return _prefix_exp(side.down, weight.flip(1), side.length - cut, -x, n, extra)
 
 
 class _Plan(NamedTuple):
@@ -247,15 +273,23 @@ def _block_terms(
     return sums, grad_query, grad_key
 
 
-def _self_slots(keys: SortedRows, queries: SortedRows, pool_size: int) -> Tensor:
+def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_size: int) -> Tensor:
     """``[C, Lq]`` key slot of each query's own row (``-1`` where the query is not a key)."""
-    c, lk = keys.rows.shape
-    valid = torch.arange(lk, device=keys.rows.device) < keys.sizes.unsqueeze(1)
-    slot_of_row = torch.full((c, pool_size + 1), -1, dtype=torch.long, device=keys.rows.device)
-    slots = torch.arange(lk, device=keys.rows.device).expand(c, lk)
-    slot_of_row.scatter_(1, torch.where(valid, keys.rows, pool_size), slots)
+    c, lk = key_rows.shape
+    valid = torch.arange(lk, device=key_rows.device) < key_sizes.unsqueeze(1)
+    slot_of_row = torch.full((c, pool_size + 1), -1, dtype=torch.long, device=key_rows.device)
+    slots = torch.arange(lk, device=key_rows.device).expand(c, lk)
+    slot_of_row.scatter_(1, torch.where(valid, key_rows, pool_size), slots)
     slot_of_row[:, pool_size] = -1
-    return slot_of_row.gather(1, queries.rows)
+    return slot_of_row.gather(1, query_rows)
+
+
+def _pack(mask_t: Tensor, width: int) -> Tensor:
+    """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots)."""
+    c, m = mask_t.shape
+    slot = torch.where(mask_t, mask_t.cumsum(1) - 1, width)
+    rows = torch.zeros(c, width + 1, dtype=torch.long, device=mask_t.device)
+    return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
 
 
 def _windowed(
@@ -279,7 +313,7 @@ def _windowed(
     lk, lq, n_ch = zk.shape[1], zq.shape[1], key_mask.shape[2]
     plan = _plan(SortedRows(zk, keys.rows, keys.sizes), SortedRows(zq, queries.rows, queries.sizes), half_width)
     nb = lq // BLOCK
-    self_blocks = _self_slots(keys, queries, pool_size).view(c * nb, BLOCK)
+    self_blocks = _self_slots(keys.rows, keys.sizes, queries.rows, pool_size).view(c * nb, BLOCK)
     lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
     hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
 
@@ -293,8 +327,9 @@ def _windowed(
         count[:, 1:] = w.cumsum(1)
         tail[..., ch] = count.gather(1, keys.sizes.unsqueeze(1)) - count.gather(1, hi_q)
         for n in range(1, order + 1):
-            below = _prefix_exp(key_side.up, w, lo_q, zq, n, _cells_needed(order, n))
-            above = _suffix_exp(key_side, w, hi_q, zq, n, _cells_needed(order, n))
+            sums_n = _sums(key_side, w, n)
+            below = sums_n.below(lo_q, zq, n, _cells_needed(order, n))
+            above = sums_n.above(hi_q, zq, n, _cells_needed(order, n))
             sign = 1.0 if n % 2 else -1.0
             tail[..., ch] += sign * (below - above)
             tail_dq[..., ch] += sign * n * (-below - above)
@@ -374,21 +409,26 @@ def _key_tail_grad(
 
     Key ``j`` lies in the lower tail of the queries whose block window starts after it and in
     the upper tail of those whose window ends at or before it; both sets are contiguous runs
-    of the sorted queries, so the sums are prefix/suffix sums over queries.
+    of the sorted queries, so the sums are prefix/suffix sums over queries. Keys are taken
+    :data:`ITEMS` slots at a time to bound the temporaries.
     """
     c, lk = zk.shape
-    slots = torch.arange(lk, device=zk.device).expand(c, lk).contiguous()
-    after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
-    before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
     query_side = _side(zq, half_width)
+    tables = {
+        (ch, n): _sums(query_side, slope[..., ch], n) for ch in range(slope.shape[2]) for n in range(1, order + 1)
+    }
     out = zk.new_zeros(c, lk)
-    for ch in range(slope.shape[2]):
-        a = slope[..., ch]
-        for n in range(1, order + 1):
+    for start in range(0, lk, ITEMS):
+        stop = min(lk, start + ITEMS)
+        slots = torch.arange(start, stop, device=zk.device).expand(c, -1).contiguous()
+        after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
+        before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
+        x = zk[:, start:stop]
+        for (ch, n), sums_n in tables.items():
             sign = 1.0 if n % 2 else -1.0
-            from_below = _suffix_exp(query_side, a, after, zk, n, _cells_needed(order, n))
-            from_above = _prefix_exp(query_side.up, a, before, zk, n, _cells_needed(order, n))
-            out += (sign * n * (from_below + from_above)).masked_fill_(~key_mask[..., ch], 0.0)
+            extra = _cells_needed(order, n)
+            part = (sums_n.above(after, x, n, extra) + sums_n.below(before, x, n, extra)).mul_(sign * n)
+            out[:, start:stop] += part.masked_fill_(~key_mask[:, start:stop, ch], 0.0)
     return out
 
 
@@ -408,6 +448,8 @@ def pair_sums(
     weight: Tensor | None,
     class_params: Tensor,
     objective: Objective,
+    *,
+    queries_are_keys: bool,
 ) -> PairResult:
     r"""Per-class objective :math:`\sum_i v(R_{c,i}, \theta_{c,i})` with an analytic, memory-bounded gradient.
 
@@ -425,6 +467,8 @@ def pair_sums(
         class_params: ``[C, P]`` per-class constants of the objective.
         objective: Receives ``R [..., J]`` and ``params [..., 1 + P]`` = (query weight, class
             constants), the weight being 0 on padding slots, where the slope must vanish.
+        queries_are_keys: Whether a query can also be a key of its class (Smooth-AP); its pair
+            with itself then contributes ``sigma(0)`` but no derivative.
 
     Returns:
         A :class:`PairResult`; ``ratios`` are :math:`R_{c,i,J} = \sum_j m_{j,J} \sigma(z_j - q_i)`.
@@ -432,13 +476,16 @@ def pair_sums(
     c, device = scores.shape[1], scores.device
     query_t = query_mask.t()
     nq = query_t.sum(1)
-    lq = int(nq.max())
-    if c * lq * scores.shape[0] <= DENSE_MAX:
-        return _dense_pair_sums(scores, tau, key_channels, query_t, lq, weight, class_params, objective)
-    s_t = scores.detach().t()
     key_t = key_channels.any(2).t()
     nk = key_t.sum(1)
-    lk = int(nk.max())
+    lq, lk = torch.stack([nq.max(), nk.max()]).tolist()
+    if c * lq * lk <= DENSE_MAX:
+        key_rows = None if lk == scores.shape[0] and int(nk.min()) == lk else _pack(key_t, lk)
+        query_rows = _pack(query_t, lq)
+        return _dense_pair_sums(
+            scores, tau, key_channels, key_rows, nk, query_rows, nq, weight, class_params, objective, queries_are_keys
+        )
+    s_t = scores.detach().t()
     keys = sorted_rows(s_t, key_t, nk, lk)
     queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
     key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
@@ -454,51 +501,69 @@ def pair_sums(
 
 
 class _PairSigmoid(torch.autograd.Function):
-    """``sigmoid(d)`` for ``d [C, Lq, M]`` with an exact derivative, and none for each query's own row.
+    """``sigmoid(d)`` for ``d [C, Lq, Lk]`` with an exact derivative, and none for each query's own pair.
 
     The derivative is ``sigmoid(d) sigmoid(-d)``, which keeps its relative precision where
-    ``sigma (1 - sigma)`` rounds to 0. The pair of a query with itself (``rows [C, Lq]``) gets no
-    derivative: its query- and key-side terms cancel exactly, and summing them only adds noise.
+    ``sigma (1 - sigma)`` rounds to 0. The pair of a query with itself (key slot ``own [C, Lq]``,
+    ``-1`` if none) gets no derivative: its query- and key-side terms cancel exactly, and
+    summing them only adds noise.
     """
 
     @staticmethod
-    def forward(ctx: Any, d: Tensor, rows: Tensor) -> Tensor:
-        ctx.save_for_backward(d, rows)
-        return torch.sigmoid(d)
+    def forward(ctx: Any, d: Tensor, own: Tensor | None) -> Tensor:
+        sig = torch.sigmoid(d)
+        ctx.own = own
+        ctx.save_for_backward(d, sig)
+        return sig
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        d, rows = ctx.saved_tensors
-        out = grad * torch.sigmoid(d) * torch.sigmoid(-d)
-        return out.scatter_(2, rows.unsqueeze(2), 0.0), None
+        d, sig = ctx.saved_tensors
+        out = torch.sigmoid(-d).mul_(sig).mul_(grad)
+        if ctx.own is not None and out.numel() > 0:
+            has = ctx.own >= 0
+            out.view(-1, out.shape[2])[has.flatten().nonzero().squeeze(1), ctx.own[has]] = 0.0
+        return out, None
 
 
 def _dense_pair_sums(
     scores: Tensor,
     tau: Tensor,
     key_channels: Tensor,
-    query_t: Tensor,
-    width: int,
+    key_rows: Tensor | None,
+    key_sizes: Tensor,
+    query_rows: Tensor,
+    query_sizes: Tensor,
     weight: Tensor | None,
     class_params: Tensor,
     objective: Objective,
+    queries_are_keys: bool,
 ) -> PairResult:
-    """Every (query, row) pair at once, with autograd: ``[C, Lq, M]`` terms, at most :data:`DENSE_MAX`.
+    """Every (query, key) pair at once, with autograd: ``[C, Lq, Lk]`` terms, at most :data:`DENSE_MAX`.
 
-    Queries are packed per class (pool order, ``width`` slots); the pool enters by broadcasting,
-    so no backward scatters into it.
+    Queries (and keys, unless every row is a key of every class: ``key_rows=None``) are packed
+    per class in pool order; scores are read with ``entries`` so that no backward scatters.
     """
-    c, m = query_t.shape
-    slot = torch.where(query_t, query_t.cumsum(1) - 1, width)
-    rows = torch.zeros(c, width + 1, dtype=torch.long, device=scores.device)
-    rows = rows.scatter_(1, slot, torch.arange(m, device=scores.device).expand(c, m))[:, :width]
-    valid = torch.arange(width, device=scores.device) < query_t.sum(1, keepdim=True)
-    cls = torch.arange(c, device=scores.device).unsqueeze(1).expand(c, width)
-    s_t = scores.t()
-    queries = entries(scores, rows.reshape(-1), cls.reshape(-1)).view(c, width, 1)
-    sig = _PairSigmoid.apply((s_t.unsqueeze(1) - queries) / tau.view(c, 1, 1), rows)  # [C, Lq, M]
-    r = _bmm(sig, key_channels.transpose(0, 1).to(sig.dtype)).double()  # [C, Lq, J]
-    query_w = valid.double() if weight is None else weight.double()[rows] * valid
-    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, width, -1)], 2)
+    c, lq = query_rows.shape
+    device = scores.device
+    cls = torch.arange(c, device=device).unsqueeze(1)
+    query_valid = torch.arange(lq, device=device) < query_sizes.unsqueeze(1)
+    sq = entries(scores, query_rows.flatten(), cls.expand(c, lq).flatten()).view(c, lq, 1)
+    channels = key_channels.permute(1, 0, 2)  # [C, M, J]
+    own = query_rows if queries_are_keys else None  # key slot of each query's own pair
+    if key_rows is None:  # every row is a key: use the pool as it is
+        sk = scores.t().unsqueeze(1)
+    else:
+        lk = key_rows.shape[1]
+        sk = entries(scores, key_rows.flatten(), cls.expand(c, lk).flatten()).view(c, 1, lk)
+        valid = torch.arange(lk, device=device) < key_sizes.unsqueeze(1)
+        channels = channels.gather(1, key_rows.unsqueeze(2).expand(-1, -1, channels.shape[2]))
+        channels = channels & valid.unsqueeze(2)
+        if queries_are_keys:
+            own = _self_slots(key_rows, key_sizes, query_rows, scores.shape[0])
+    sig = _PairSigmoid.apply((sk - sq) / tau.view(c, 1, 1), own)  # [C, Lq, Lk]
+    r = _bmm(sig, channels.to(sig.dtype)).double()  # [C, Lq, J]
+    query_w = query_valid.double() if weight is None else weight.double()[query_rows] * query_valid
+    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, lq, -1)], 2)
     value, _ = objective(r, params)
-    return PairResult(value.sum(1).to(scores.dtype), r.detach()[valid], cls[valid])
+    return PairResult(value.sum(1).to(scores.dtype), r.detach()[query_valid], cls.expand(c, lq)[query_valid])

@@ -144,7 +144,16 @@ def pauc_at_budget_core(
         valid = valid & (n_band > 0)
         inv_band = safe_divide(torch.ones_like(den), n_band.to(dtype))
         class_params = torch.stack([safe_divide(torch.ones_like(den), den), inv_band], dim=1)
-        out = pair_sums(scores, tau_safe, band.unsqueeze(2), numer, weight, class_params, _pairwise_objective)
+        out = pair_sums(
+            scores,
+            tau_safe,
+            band.unsqueeze(2),
+            numer,
+            weight,
+            class_params,
+            _pairwise_objective,
+            queries_are_keys=False,
+        )
         pauc = out.per_class
         # Each positive's share of the band negatives below it.
         v_cls = out.query_class

@@ -48,7 +48,9 @@ def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
     den = positive_weights(pos, weight, scores.dtype).sum(0)
     tau = torch.full((scores.shape[1],), temperature, dtype=scores.dtype, device=scores.device)
     inv_den = safe_divide(torch.ones_like(den), den).unsqueeze(1)
-    ap = pair_sums(scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective).per_class
+    ap = pair_sums(
+        scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective, queries_are_keys=True
+    ).per_class
     valid = pos.any(0) & neg.any(0) & (den > 0)
     return RankingResult(1.0 - ap, valid)
 
