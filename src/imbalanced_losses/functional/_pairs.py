@@ -47,7 +47,7 @@ from ._common import entries
 #: Queries per window block.
 BLOCK = 32
 #: Maximum number of pair terms evaluated at once (bounds the transient memory).
-CHUNK = 1 << 19
+CHUNK = 1 << 20
 #: Keys per step when the tails' gradient is pushed to the keys (bounds the temporaries).
 ITEMS = 1 << 15
 #: Up to this many (padded query, pool row) pairs, every pair is evaluated with plain autograd (less fixed cost).
