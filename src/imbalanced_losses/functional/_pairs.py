@@ -432,6 +432,14 @@ def _key_tail_grad(
     return out
 
 
+def _query_params(rows: Tensor, sizes: Tensor, weight: Tensor | None, class_params: Tensor) -> tuple[Tensor, Tensor]:
+    """Real-slot mask ``[C, Lq]`` and objective parameters ``[C, Lq, 1 + P]`` (query weight, class constants)."""
+    valid = torch.arange(rows.shape[1], device=rows.device) < sizes.unsqueeze(1)
+    query_w = valid.double() if weight is None else weight.double()[rows] * valid
+    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, rows.shape[1], -1)], 2)
+    return valid, params
+
+
 class PairResult(NamedTuple):
     """Output of :func:`pair_sums`, one entry per query (class-major, any order within a class)."""
 
@@ -492,9 +500,7 @@ def pair_sums(
     n_ch = key_channels.shape[2]
     key_mask = key_channels.permute(1, 0, 2).gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch))
     key_mask &= key_valid.unsqueeze(2)
-    query_valid = torch.arange(queries.rows.shape[1], device=device) < nq.unsqueeze(1)
-    query_w = query_valid.double() if weight is None else weight.double()[queries.rows] * query_valid
-    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, query_w.shape[1], -1)], 2)
+    query_valid, params = _query_params(queries.rows, nq, weight, class_params)
     per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective)
     query_class = torch.arange(c, device=device).unsqueeze(1).expand_as(query_valid)[query_valid]
     return PairResult(per_class, ratios[query_valid], query_class)
@@ -547,7 +553,7 @@ def _dense_pair_sums(
     c, lq = query_rows.shape
     device = scores.device
     cls = torch.arange(c, device=device).unsqueeze(1)
-    query_valid = torch.arange(lq, device=device) < query_sizes.unsqueeze(1)
+    query_valid, params = _query_params(query_rows, query_sizes, weight, class_params)
     sq = entries(scores, query_rows.flatten(), cls.expand(c, lq).flatten()).view(c, lq, 1)
     channels = key_channels.permute(1, 0, 2)  # [C, M, J]
     own = query_rows if queries_are_keys else None  # key slot of each query's own pair
@@ -563,7 +569,5 @@ def _dense_pair_sums(
             own = _self_slots(key_rows, key_sizes, query_rows, scores.shape[0])
     sig = _PairSigmoid.apply((sk - sq) / tau.view(c, 1, 1), own)  # [C, Lq, Lk]
     r = _bmm(sig, channels.to(sig.dtype)).double()  # [C, Lq, J]
-    query_w = query_valid.double() if weight is None else weight.double()[query_rows] * query_valid
-    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, lq, -1)], 2)
     value, _ = objective(r, params)
     return PairResult(value.sum(1).to(scores.dtype), r.detach()[query_valid], cls.expand(c, lq)[query_valid])
