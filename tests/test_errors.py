@@ -283,13 +283,6 @@ def test_bool_as_third_positional_argument(name: str, flag: bool) -> None:
         make(name)(logits, targets, flag)
 
 
-def test_return_diagnostics_only_on_pauc() -> None:
-    logits, targets = good_batch()
-    for name in ("SmoothAP", "Recall"):
-        with pytest.raises(TypeError, match="return_diagnostics"):
-            make(name)(logits, targets, return_diagnostics=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Forward: values
 # --------------------------------------------------------------------------------------------

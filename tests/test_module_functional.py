@@ -191,6 +191,7 @@ def test_pauc_module_without_queue_equals_functional_diagnostics(
     expected = fn(logits, targets, **options, iid_mask=iid, return_per_class=True, return_diagnostics=True)
     for g, e in zip(got[:3], expected[:3], strict=True):
         assert_same(g, e)
+    assert got[3].pop("queue_fill").tolist() == [0] * 4  # module only: no queue here
     assert got[3].keys() == expected[3].keys()
     for key in expected[3]:
         assert_same(got[3][key], expected[3][key])
@@ -288,6 +289,8 @@ def test_pauc_module_with_queue_equals_functional_diagnostics(
         live_mask=live,
         return_diagnostics=True,
     )
+    # The first batch's rows were stored; ignore_index rows count as empty slots.
+    assert stats.pop("queue_fill").tolist() == [int((q_targets != -100).sum())] * 4
     assert stats.keys() == expected.keys()
     for key in expected:
         assert_same(stats[key], expected[key])

@@ -3,10 +3,11 @@
 Losses that optimise what imbalanced problems are judged on: average precision
 (:class:`SmoothAPLoss`), recall inside a top-``q`` alert budget
 (:class:`RecallAtQuantileLoss`) and partial AUC inside a false-positive budget
-(:class:`PAUCAtBudgetLoss`). Pure functions live in :mod:`imbalanced_losses.functional`.
+(:class:`PAUCAtBudgetLoss`). Pure functions live in :mod:`imbalanced_losses.functional`, exact
+evaluation metrics in :mod:`imbalanced_losses.metrics`.
 """
 
-from . import functional
+from . import functional, metrics
 from ._version import __version__
 from .ap_loss import SmoothAPLoss
 from .distributed import all_gather_no_grad, all_gather_with_grad
@@ -26,4 +27,5 @@ __all__ = [
     "all_gather_no_grad",
     "all_gather_with_grad",
     "functional",
+    "metrics",
 ]

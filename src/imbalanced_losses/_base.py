@@ -7,7 +7,7 @@ enqueue the live batch -> reduce. The math lives in :mod:`imbalanced_losses.func
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,9 +26,11 @@ from ._validation import (
 )
 from ._warnings import WarnOnce
 from .distributed import gather_batch, resolve_gather, shared_generator
+from .functional._classes import ClassWeight, check_class_weight, run_on_classes
 from .functional._common import (
     RankingResult,
     compute_dtype,
+    kept_rows,
     make_pool,
     package,
     validate_batch,
@@ -58,6 +60,7 @@ class RankingLoss(nn.Module):
         *,
         generator: torch.Generator | None = None,
         validate_args: bool = True,
+        class_weight: Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes, minimum=1)
@@ -83,6 +86,12 @@ class RankingLoss(nn.Module):
         self.validate_args = validate_args
         self._queue = MemoryQueue(queue_size, num_classes, ignore_index)
         self._warn_once = WarnOnce()
+        # Fixed at construction; not in the state dict (checkpoints stay interchangeable with 0.6).
+        weights = check_class_weight(class_weight, num_classes)
+        self.class_weight: Tensor | None
+        self._class_keep: Tensor | None
+        self.register_buffer("class_weight", None if weights is None else weights.weight, persistent=False)
+        self.register_buffer("_class_keep", None if weights is None else weights.keep, persistent=False)
 
     def extra_repr(self) -> str:
         names = ["num_classes", "queue_size", "temperature", "reduction", *self._extra_repr_names(), "max_pool_size"]
@@ -132,7 +141,7 @@ class RankingLoss(nn.Module):
             logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
 
         merged = self._queue.merge(logits, ids, iid, weight)
-        rows = (merged.targets != ignore_index).nonzero().squeeze(1)
+        rows = kept_rows(merged.targets, ignore_index).nonzero().squeeze(1)
         if self.max_pool_size is not None and rows.numel() > self.max_pool_size:
             self._warn_once(
                 "subsample",
@@ -149,10 +158,15 @@ class RankingLoss(nn.Module):
         if rows.numel() < merged.targets.shape[0]:
             merged = Merged(*(None if t is None else t.index_select(0, rows) for t in merged))  # type: ignore[arg-type]
         pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index)
-        result = core(pool, merged.iid, merged.is_live)
+        result = run_on_classes(lambda p: core(p, merged.iid, merged.is_live), pool, self._class_weights())
+        if result.stats is not None:
+            result.stats["queue_fill"] = self._queue.fill().to(logits.device)  # the stored rows this call used
         if rows.numel() > 0 and (self.training or self.update_queue_in_eval):
             self._queue.enqueue(logits, ids, iid, weight)
         return result, local_ids
+
+    def _class_weights(self) -> ClassWeight | None:
+        return None if self.class_weight is None else ClassWeight(self.class_weight, self._class_keep)
 
     def _finish(
         self,
@@ -168,6 +182,7 @@ class RankingLoss(nn.Module):
             anchor=anchor,
             return_per_class=return_per_class,
             return_diagnostics=return_diagnostics,
+            class_weight=self.class_weight,
         )
 
     def _load_from_state_dict(

@@ -25,7 +25,8 @@ class MemoryQueue(nn.Module):
 
     Buffers (state-dict keys are those of ``imbalanced-losses`` 0.6, so checkpoints load in
     both directions): ``_q_logits [Q, C]`` (float32 unless the module is cast), ``_q_targets
-    [Q]`` int64 (``ignore_index`` marks an empty slot), ``_q_ptr [1]`` int64 (next write
+    [Q]`` int64 (``ignore_index`` marks an empty slot; ``[Q, C]`` multi-hot cells once the loss
+    has been fed multi-label targets), ``_q_ptr [1]`` int64 (next write
     position), ``_q_iid [Q]`` bool and ``_q_weight [Q]`` float. With ``capacity == 0`` there
     are no buffers.
 
@@ -74,8 +75,33 @@ class MemoryQueue(nn.Module):
         self._q_iid.fill_(True)
         self._q_weight.fill_(1.0)
 
+    def fill(self) -> Tensor:
+        """``[C]`` count of stored rows per class (``ignore_index`` slots and multi-label cells are empty)."""
+        if self.capacity == 0:
+            return torch.zeros(self.num_classes, dtype=torch.long)
+        occupied = self._q_targets != self.ignore_index
+        return occupied.sum(0) if occupied.ndim == 2 else occupied.sum().expand(self.num_classes)
+
+    def match_targets(self, targets: Tensor) -> None:
+        """Give the target buffer the layout of ``targets``: ``[Q]`` class ids or ``[Q, C]`` multi-hot cells.
+
+        An empty queue switches layout silently; a queue holding rows of the other layout raises
+        (mixing the two would silently relabel stored rows).
+        """
+        if self.capacity == 0 or targets.ndim == self._q_targets.ndim:
+            return
+        if bool((self._q_targets != self.ignore_index).any()):
+            held, got = ("class ids [Q]", "multi-hot [N, C]") if targets.ndim == 2 else ("multi-hot [Q, C]", "[N]")
+            raise ValueError(
+                f"`targets` are {got} but the memory queue holds {held} targets from earlier calls; "
+                "call reset_queue() before switching between multi-class and multi-label targets."
+            )
+        shape = (self.capacity, self.num_classes) if targets.ndim == 2 else (self.capacity,)
+        self._q_targets = torch.full(shape, self.ignore_index, dtype=torch.long, device=self._q_targets.device)
+
     def merge(self, logits: Tensor, targets: Tensor, iid: Tensor, weight: Tensor | None) -> Merged:
         """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device."""
+        self.match_targets(targets)
         n = logits.shape[0]
         weighted = weight is not None or self.weighted
         is_live = torch.ones(n, dtype=torch.bool, device=logits.device)
@@ -132,6 +158,11 @@ class MemoryQueue(nn.Module):
     ) -> None:
         # Checkpoints from before per-row iid flags and weights load with the defaults.
         if self.capacity > 0:
+            stored = state_dict.get(prefix + "_q_targets")
+            if isinstance(stored, Tensor) and stored.ndim != self._q_targets.ndim:  # multi-label <-> class ids
+                self._q_targets = torch.full(
+                    tuple(stored.shape), self.ignore_index, dtype=torch.long, device=self._q_targets.device
+                )
             for key, default in (("_q_iid", self._q_iid), ("_q_weight", self._q_weight)):
                 if prefix + key not in state_dict and prefix + "_q_logits" in state_dict:
                     state_dict[prefix + key] = torch.ones_like(default)

@@ -20,8 +20,12 @@ def minimum_quota_indices(targets: Tensor, max_pool_size: int, generator: torch.
     among reserved or unreserved rows) drive every choice, so the same ``generator`` state
     gives the same selection on every rank.
 
+    In multi-label mode (``targets`` of shape ``[M, C]``) a row's class for the quota is the
+    lowest class it is a positive of; rows positive for no class form one more group.
+
     Args:
-        targets: ``[M]`` int64 target ids of the pool (``ignore_index`` rows already removed).
+        targets: ``[M]`` int64 target ids of the pool (``ignore_index`` rows already removed),
+            or ``[M, C]`` multi-hot cells.
         max_pool_size: The cap ``K``; callers only subsample when ``M > K``.
         generator: Optional :class:`torch.Generator` (on ``targets``' device); the process
             default generator when ``None``.
@@ -32,6 +36,9 @@ def minimum_quota_indices(targets: Tensor, max_pool_size: int, generator: torch.
     """
     m, k = targets.shape[0], max_pool_size
     device = targets.device
+    if targets.ndim == 2:
+        positive = targets == 1
+        targets = torch.where(positive.any(1), positive.int().argmax(1), targets.shape[1])
     if m <= k:
         return torch.arange(m, device=device)
     keys = torch.rand(m, generator=generator, device=device)

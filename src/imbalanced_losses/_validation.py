@@ -119,22 +119,47 @@ def check_logits(logits: Any, num_classes: int | None = None) -> Tensor:
     return logits
 
 
-def check_targets(targets: Any, n: int) -> Tensor:
-    """Require targets of shape ``[N]`` (a trailing singleton ``[N, 1]`` is squeezed).
+def check_targets(targets: Any, n: int, num_classes: int = 1) -> Tensor:
+    """Require targets of shape ``[N]`` (a trailing singleton ``[N, 1]`` is squeezed) or, multi-label, ``[N, C]``.
 
-    Integer, bool and floating-point targets are accepted here; :func:`check_target_values`
-    checks the values.
+    A two-dimensional ``[N, C]`` target with ``C == num_classes > 1`` is a multi-hot matrix
+    (see :func:`to_multi_hot`). Integer, bool and floating-point targets are accepted here;
+    the values are checked later.
     """
     targets = check_tensor("targets", targets)
     if targets.ndim == 2 and targets.shape[1] == 1:
         targets = targets.squeeze(1)
-    if targets.ndim != 1 or targets.shape[0] != n:
+    multi_label = targets.ndim == 2 and num_classes > 1 and tuple(targets.shape) == (n, num_classes)
+    if not multi_label and (targets.ndim != 1 or targets.shape[0] != n):
+        multi = f" or [{n}, {num_classes}] (multi-hot)" if num_classes > 1 else ""
         raise ValueError(
-            f"`targets` must have shape [{n}] (or [{n}, 1]) to match `logits`, got {tuple(targets.shape)}."
+            f"`targets` must have shape [{n}] (or [{n}, 1]){multi} to match `logits`, got {tuple(targets.shape)}."
         )
     if targets.is_complex():
         raise TypeError(f"`targets` must be an integer, bool or float tensor, got dtype {targets.dtype}.")
     return targets
+
+
+def to_multi_hot(targets: Tensor, *, ignore_index: int, validate_args: bool) -> Tensor:
+    """Convert a multi-hot ``[N, C]`` target to ``int64`` cells in ``{0, 1, ignore_index}``.
+
+    Each cell is one row's label for one class: ``1`` positive, ``0`` negative,
+    ``ignore_index`` left out of that class only. With ``validate_args`` any other value
+    raises; without it, every non-zero cell other than ``ignore_index`` counts as positive.
+    """
+    if targets.dtype == torch.bool:
+        return targets.long()
+    if validate_args and targets.numel() > 0:
+        t = targets.detach()
+        bad = (t != 0) & (t != 1) & (t != ignore_index)
+        if bool(bad.any()):
+            vals = [float(v) if t.is_floating_point() else int(v) for v in torch.unique(t[bad])[:8].tolist()]
+            raise ValueError(
+                f"Multi-label `targets` [N, C] must hold 0, 1 or ignore_index={ignore_index} in every cell, "
+                f"got value(s) {vals}."
+            )
+    ignored = targets == ignore_index
+    return (targets != 0).long().masked_fill(ignored, ignore_index)
 
 
 def check_row_vector(name: str, value: Any, n: int) -> Tensor | None:

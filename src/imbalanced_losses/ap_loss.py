@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._base import RankingLoss
+from ._validation import check_bool
 from .functional.smooth_ap import smooth_ap_core
 
 __all__ = ["SmoothAPLoss"]
@@ -39,10 +41,14 @@ class SmoothAPLoss(RankingLoss):
         generator: Optional :class:`torch.Generator` for the ``max_pool_size`` subsampling.
         validate_args: Run the checks that need a host synchronisation (finite logits,
             target range); default ``True``.
+        class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
+            becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
+            not computed at all. Fixed at construction; not saved in the state dict.
 
     Shape:
-        - logits: ``[N, C]``; targets: ``[N]`` (or ``[N, 1]``); iid_mask, sample_weight: ``[N]``.
-        - output: scalar, or ``[C]`` for ``reduction='none'``.
+        - logits: ``[N, C]``; targets: ``[N]`` (or ``[N, 1]``), or ``[N, C]`` multi-hot;
+          iid_mask, sample_weight: ``[N]``.
+        - output: scalar, or ``[C]`` for ``reduction='none'``; each diagnostic is ``[C]``.
 
     Example:
         >>> import torch
@@ -67,6 +73,7 @@ class SmoothAPLoss(RankingLoss):
         *,
         generator: torch.Generator | None = None,
         validate_args: bool = True,
+        class_weight: Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -79,6 +86,7 @@ class SmoothAPLoss(RankingLoss):
             max_pool_size,
             generator=generator,
             validate_args=validate_args,
+            class_weight=class_weight,
         )
 
     def forward(
@@ -89,27 +97,32 @@ class SmoothAPLoss(RankingLoss):
         return_per_class: bool = False,
         *,
         sample_weight: Tensor | None = None,
+        return_diagnostics: bool = False,
     ) -> Any:
         """Compute the loss on the live batch plus the queue, then enqueue the batch.
 
         Args:
             logits: ``[N, C]`` scores.
-            targets: ``[N]`` class ids (binary: ``{0, 1}``).
+            targets: ``[N]`` class ids (binary: ``{0, 1}``) or multi-hot ``[N, C]`` (multi-label).
             iid_mask: Optional ``[N]`` bool flags, stored in the queue (used by
                 :class:`PAUCAtBudgetLoss`; no effect on this loss's value).
             return_per_class: Also return ``per_class [C]`` (``nan`` for invalid classes) and
                 ``valid [C]``.
             sample_weight: Optional ``[N]`` non-negative weights of the positives.
+            return_diagnostics: Also return a dict of diagnostics (see the functional form),
+                plus ``queue_fill`` (``[C]``, the stored rows of each class this call used).
 
         Returns:
-            ``loss`` or ``(loss, per_class, valid)``.
+            ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
+            ``(loss, per_class, valid, stats)``.
         """
+        check_bool("return_diagnostics", return_diagnostics)
         temperature = float(self.temperature)
         result, _ = self._run(
             logits,
             targets,
             iid_mask,
             sample_weight,
-            lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature),
+            lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature, diagnostics=return_diagnostics),
         )
-        return self._finish(result, logits, return_per_class)
+        return self._finish(result, logits, return_per_class, return_diagnostics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,9 +48,12 @@ class PAUCAtBudgetLoss(RankingLoss):
         max_pool_size: Optional cap on the pool size.
         generator: Optional :class:`torch.Generator` for the subsampling.
         validate_args: Run the checks that need a host synchronisation.
+        class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
+            becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
+            not computed at all. Fixed at construction; not saved in the state dict.
 
     Shape:
-        - logits: ``[N, C]``; targets, iid_mask, sample_weight: ``[N]``.
+        - logits: ``[N, C]``; targets: ``[N]``, or ``[N, C]`` multi-hot; iid_mask, sample_weight: ``[N]``.
         - output: scalar, or ``[C]`` for ``'none'``; each diagnostic is ``[C]``.
     """
 
@@ -74,6 +78,7 @@ class PAUCAtBudgetLoss(RankingLoss):
         *,
         generator: torch.Generator | None = None,
         validate_args: bool = True,
+        class_weight: Tensor | Sequence[float] | None = None,
     ) -> None:
         alpha, beta = check_pauc_args(
             alpha=alpha,
@@ -96,6 +101,7 @@ class PAUCAtBudgetLoss(RankingLoss):
             max_pool_size,
             generator=generator,
             validate_args=validate_args,
+            class_weight=class_weight,
         )
         self.alpha = alpha
         self.beta = beta
@@ -123,12 +129,14 @@ class PAUCAtBudgetLoss(RankingLoss):
 
         Args:
             logits: ``[N, C]`` scores.
-            targets: ``[N]`` class ids (binary: ``{0, 1}``).
+            targets: ``[N]`` class ids (binary: ``{0, 1}``) or multi-hot ``[N, C]`` (multi-label).
             iid_mask: Optional ``[N]`` bool; rows flagged ``False`` (e.g. oversampled or
                 synthetic negatives) do not move the thresholds. Stored in the queue.
             return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
-            return_diagnostics: Also return the stats dict (``t_alpha``, ``t_beta``,
-                ``tau_eff``, ``band_neg_count``, ``pauc_var``, ``grad_pos_count``; ``[C]`` each).
+            return_diagnostics: Also return the stats dict, ``[C]`` each: ``t_alpha``,
+                ``t_beta``, ``tau_eff``, ``band_neg_count``, ``pauc_var``, ``grad_pos_count``
+                (live positives of this rank), and ``pool_size``, ``pos_count``, ``neg_count``,
+                ``pauc`` (exact, on the pool), ``saturated_fraction``, ``queue_fill``.
             sample_weight: Optional ``[N]`` non-negative weights of the positives.
 
         Returns:
@@ -164,7 +172,9 @@ class PAUCAtBudgetLoss(RankingLoss):
 
 
 def _count_positives(ids: Tensor, num_classes: int) -> Tensor:
-    """``[C]`` number of positive rows per class among normalised target ids."""
+    """``[C]`` number of positive rows per class among normalised target ids (``[N]`` or multi-label ``[N, C]``)."""
+    if ids.ndim == 2:
+        return (ids == 1).sum(0)
     if num_classes == 1:
         return (ids == 1).sum().reshape(1)
     valid = (ids >= 0) & (ids < num_classes)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._base import RankingLoss
-from ._validation import INTERPOLATIONS, check_choice, check_float
+from ._validation import INTERPOLATIONS, check_bool, check_choice, check_float
 from .functional.recall_at_quantile import recall_at_quantile_core
 
 __all__ = ["RecallAtQuantileLoss"]
@@ -39,9 +40,13 @@ class RecallAtQuantileLoss(RankingLoss):
         max_pool_size: Optional cap on the pool size.
         generator: Optional :class:`torch.Generator` for the subsampling.
         validate_args: Run the checks that need a host synchronisation.
+        class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
+            becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
+            not computed at all. Fixed at construction; not saved in the state dict.
 
     Shape:
-        - logits: ``[N, C]``; targets: ``[N]``; output: scalar, or ``[C]`` for ``'none'``.
+        - logits: ``[N, C]``; targets: ``[N]``, or ``[N, C]`` multi-hot; iid_mask, sample_weight: ``[N]``.
+        - output: scalar, or ``[C]`` for ``'none'``; each diagnostic is ``[C]``.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class RecallAtQuantileLoss(RankingLoss):
         *,
         generator: torch.Generator | None = None,
         validate_args: bool = True,
+        class_weight: Tensor | Sequence[float] | None = None,
     ) -> None:
         quantile = check_float("quantile", quantile, low=0.0, high=1.0)
         check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
@@ -73,6 +79,7 @@ class RecallAtQuantileLoss(RankingLoss):
             max_pool_size,
             generator=generator,
             validate_args=validate_args,
+            class_weight=class_weight,
         )
         self.quantile = quantile
         self.quantile_interpolation = quantile_interpolation
@@ -88,19 +95,24 @@ class RecallAtQuantileLoss(RankingLoss):
         return_per_class: bool = False,
         *,
         sample_weight: Tensor | None = None,
+        return_diagnostics: bool = False,
     ) -> Any:
         """Compute the loss on the live batch plus the queue, then enqueue the batch.
 
         Args:
             logits: ``[N, C]`` scores.
-            targets: ``[N]`` class ids (binary: ``{0, 1}``).
+            targets: ``[N]`` class ids (binary: ``{0, 1}``) or multi-hot ``[N, C]`` (multi-label).
             iid_mask: Optional ``[N]`` bool flags, stored in the queue (no effect on this loss).
             return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
             sample_weight: Optional ``[N]`` non-negative weights of the positives.
+            return_diagnostics: Also return a dict of diagnostics (see the functional form),
+                plus ``queue_fill`` (``[C]``, the stored rows of each class this call used).
 
         Returns:
-            ``loss`` or ``(loss, per_class, valid)``.
+            ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
+            ``(loss, per_class, valid, stats)``.
         """
+        check_bool("return_diagnostics", return_diagnostics)
         temperature, quantile, interpolation = float(self.temperature), self.quantile, self.quantile_interpolation
         result, _ = self._run(
             logits,
@@ -108,7 +120,11 @@ class RecallAtQuantileLoss(RankingLoss):
             iid_mask,
             sample_weight,
             lambda pool, iid, live: recall_at_quantile_core(
-                pool, quantile=quantile, temperature=temperature, interpolation=interpolation
+                pool,
+                quantile=quantile,
+                temperature=temperature,
+                interpolation=interpolation,
+                diagnostics=return_diagnostics,
             ),
         )
-        return self._finish(result, logits, return_per_class)
+        return self._finish(result, logits, return_per_class, return_diagnostics)

@@ -29,8 +29,8 @@ from .._validation import (
     check_sample_weight,
     check_targets,
     to_class_ids,
+    to_multi_hot,
 )
-from .._warnings import warn
 
 
 class RankingResult(NamedTuple):
@@ -55,11 +55,14 @@ def compute_dtype(logits: Tensor) -> torch.dtype:
 
 
 def normalize_targets(targets: Tensor, *, num_classes: int, ignore_index: int, validate_args: bool) -> Tensor:
-    """Map raw targets to ``int64``: class ids (multi-class) or ``{0, 1}`` (binary), ``ignore_index`` kept.
+    """Map raw targets to ``int64`` ids, ``ignore_index`` kept.
 
-    In binary mode (``num_classes == 1``) every non-zero target other than ``ignore_index``
-    counts as a positive.
+    * multi-class (``[M]``, ``num_classes > 1``): class ids in ``[0, C)``;
+    * binary (``num_classes == 1``): ``{0, 1}``, every non-zero target counts as a positive;
+    * multi-label (``[M, C]``): cells in ``{0, 1}``, one column per class (one-vs-rest).
     """
+    if targets.ndim == 2:
+        return to_multi_hot(targets, ignore_index=ignore_index, validate_args=validate_args)
     if num_classes > 1:
         return to_class_ids(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
     ignored = targets == ignore_index
@@ -76,13 +79,21 @@ def binary_target_message(values: list[float]) -> str:
 
 
 def class_masks(ids: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """Positive and negative masks ``[M, C]`` from normalised target ids ``[M]``."""
+    """Positive and negative masks ``[M, C]`` from normalised target ids (``[M]``, or ``[M, C]`` multi-label)."""
+    if ids.ndim == 2:
+        return ids == 1, ids == 0
     if num_classes == 1:
         return (ids == 1).unsqueeze(1), (ids == 0).unsqueeze(1)
     classes = torch.arange(num_classes, device=ids.device)
     pos = ids.unsqueeze(1) == classes
     neg = (ids != ignore_index).unsqueeze(1) & ~pos
     return pos, neg
+
+
+def kept_rows(ids: Tensor, ignore_index: int) -> Tensor:
+    """``[M]`` bool: rows that take part in at least one class (multi-label: any non-ignored cell)."""
+    kept = ids != ignore_index
+    return kept.any(1) if kept.ndim == 2 else kept
 
 
 class Pool(NamedTuple):
@@ -121,7 +132,7 @@ def validate_batch(
     """
     logits = check_logits(logits, num_classes)
     n, c = logits.shape
-    targets = check_targets(targets, n)
+    targets = check_targets(targets, n, c)
     weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
     if validate_args:
         check_finite_logits(logits)
@@ -136,27 +147,6 @@ def validate_batch(
             )
     ids = normalize_targets(targets, num_classes=c, ignore_index=ignore_index, validate_args=validate_args)
     return logits, ids, weight
-
-
-def functional_pool(
-    logits: Tensor,
-    targets: Tensor,
-    *,
-    ignore_index: int,
-    sample_weight: Tensor | None,
-    validate_args: bool,
-) -> Pool:
-    """Validate the inputs of a functional ranking loss and build its pool."""
-    logits, ids, weight = validate_batch(
-        logits,
-        targets,
-        sample_weight,
-        num_classes=None,
-        ignore_index=ignore_index,
-        validate_args=validate_args,
-        warn=lambda key, message: warn(message),
-    )
-    return make_pool(logits, ids, weight, ignore_index)
 
 
 def row_mask(name: str, mask: Tensor | None, n: int, device: torch.device) -> Tensor:
@@ -298,21 +288,73 @@ def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
     return out
 
 
-def reduce_classes(result: RankingResult, reduction: str, anchor: Tensor) -> tuple[Tensor, Tensor]:
-    """Reduce a per-class result over its valid classes.
+#: A sigmoid term :math:`\sigma(x)` counts as saturated in the diagnostics when :math:`|x|` exceeds
+#: this (its derivative is then below 1% of its peak value 1/4).
+SATURATION = 6.0
+
+
+def pool_stats(pool: Pool) -> dict[str, Tensor]:
+    """Diagnostics every ranking loss reports, each ``[C]``: ``pool_size``, ``pos_count``, ``neg_count``.
+
+    ``pool_size`` counts the rows that take part in the class (``ignore_index`` rows and
+    multi-label cells excluded).
+    """
+    return {
+        "pool_size": (pool.pos | pool.neg).sum(0),
+        "pos_count": pool.pos.sum(0),
+        "neg_count": pool.neg.sum(0),
+    }
+
+
+def saturated_pair_fraction(
+    scores: Tensor, queries: Tensor, keys: Tensor, width: Tensor, *, exclude_self: bool
+) -> Tensor:
+    r"""Per class, the fraction of (query, key) pairs with :math:`|s_i - s_j| > \mathrm{width}_c`.
+
+    Pairs run over the ``queries [M, C]`` x ``keys [M, C]`` members of each class (a row's pair
+    with itself left out when ``exclude_self``); ``width [C]`` is ``SATURATION`` times the
+    class's temperature. Counted by binary search in the sorted keys: ``O(C M log M)``, no pair
+    tensor. Classes without pairs get ``nan``.
+    """
+    s = scores.detach().t().contiguous()  # [C, M]
+    width = width.detach().unsqueeze(1)
+    sorted_keys = s.masked_fill(~keys.t(), float("inf")).sort(dim=1).values
+    near = torch.searchsorted(sorted_keys, s + width, right=True) - torch.searchsorted(sorted_keys, s - width)
+    q = queries.t()
+    n_keys = keys.sum(0)
+    if exclude_self:
+        near = near - (q & keys.t()).long()  # a query that is also a key met itself within the window
+    per_query = n_keys.unsqueeze(1) - exclude_self * (q & keys.t()).long()
+    far = ((per_query - near) * q).sum(1)
+    total = (per_query * q).sum(1)
+    return torch.where(total > 0, far.to(s.dtype) / total.clamp_min(1), float("nan"))
+
+
+def reduce_classes(
+    result: RankingResult, reduction: str, anchor: Tensor, class_weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Reduce a per-class result over its valid classes.
 
     Returns ``(loss, per_class)``: ``per_class`` is ``[C]`` with ``nan`` for invalid classes;
-    ``loss`` is that vector for ``'none'``, otherwise the sum or mean over valid classes. When
-    no class is valid the scalar is a zero still connected to ``anchor``'s graph.
+    ``loss`` is that vector for ``'none'``, otherwise the sum or mean over the valid classes
+    :math:`V`, weighted by ``class_weight`` :math:`w` when given:
+    :math:`\sum_{c \in V} w_c L_c` (``'sum'``) and
+    :math:`\sum_{c \in V} w_c L_c / \sum_{c \in V} w_c` (``'mean'``). When no class is valid
+    the scalar is a zero still connected to ``anchor``'s graph.
     """
     nan = torch.full_like(result.loss, float("nan"))
     per_class = torch.where(result.valid, result.loss, nan)
     if reduction == "none":
         return per_class, per_class
-    total = torch.where(result.valid, result.loss, torch.zeros_like(result.loss)).sum() + anchor.sum() * 0.0
+    zero = torch.zeros_like(result.loss)
+    w = result.valid.to(result.loss.dtype)
+    if class_weight is not None:
+        w = w * class_weight.to(device=w.device, dtype=w.dtype)
+    total = (torch.where(result.valid, result.loss, zero) * w).sum() + anchor.sum() * 0.0
     if reduction == "sum":
         return total, per_class
-    return total / result.valid.sum().clamp_min(1).to(total.dtype), per_class
+    den = w.sum()
+    return total / torch.where(den > 0, den, torch.ones_like(den)), per_class
 
 
 def check_common(*, reduction: str, quantile_interpolation: str | None = None) -> None:
@@ -329,13 +371,14 @@ def package(
     anchor: Tensor,
     return_per_class: bool,
     return_diagnostics: bool = False,
+    class_weight: Tensor | None = None,
 ) -> Any:
     """Reduce a result and assemble the public return form.
 
     ``loss``; ``(loss, per_class, valid)`` with ``return_per_class``; ``(loss, stats)`` with
     ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
     """
-    loss, per_class = reduce_classes(result, reduction, anchor)
+    loss, per_class = reduce_classes(result, reduction, anchor, class_weight)
     if torch.is_grad_enabled() and not loss.requires_grad:
         # Logits without a graph (e.g. a quick check on torch.randn): the loss is a constant, but
         # `loss.backward()` must still work, as it does for a model's output.

@@ -2,26 +2,29 @@ r"""Partial AUC inside a false-positive budget band ``[alpha, beta]``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_choice, check_float, check_int
+from .._validation import check_choice, check_float, check_int
 from .._warnings import warn
 from ._common import (
+    SATURATION,
     Pool,
     RankingResult,
     check_common,
     class_sum,
-    functional_pool,
     masked_column_quantiles,
-    package,
+    pool_stats,
     row_mask,
     safe_divide,
+    saturated_pair_fraction,
     select_pairs,
 )
 from ._pairs import pair_sums
+from ._run import run_functional
 
 SURROGATES = ("trapezoid", "pairwise")
 TAU_SCALES = ("iqr", "band")
@@ -99,7 +102,7 @@ def pauc_at_budget_core(
     interpolation: str = "higher",
     diagnostics: bool = False,
 ) -> RankingResult:
-    """Per-class loss ``1 - pAUC_c`` on a pool (no reduction), with the six diagnostics if asked.
+    """Per-class loss ``1 - pAUC_c`` on a pool (no reduction), with the diagnostics if asked.
 
     ``iid`` and ``live`` are ``[M]`` bool row flags. See :func:`pauc_at_budget_loss` for the math.
     """
@@ -138,6 +141,10 @@ def pauc_at_budget_core(
         contrib = (sig * omega).sum(1) / (n_knots - 1)  # [P]: v_i, the band-mean soft TPR of positive i
         pauc = safe_divide(class_sum(contrib * pairs.weight, pairs.cls, c), den)
         v, v_cls = contrib.detach(), pairs.cls
+        if diagnostics:
+            far = (pairs.scores.detach().unsqueeze(1) - knots[pairs.cls]).abs() > SATURATION * tau_safe[pairs.cls, None]
+            n_terms = class_sum(torch.full_like(contrib, n_knots), pairs.cls, c)
+            saturated = safe_divide(class_sum(far.sum(1).to(dtype), pairs.cls, c), n_terms)
     else:
         band = neg & in_band  # every pooled negative in the band, iid or not
         n_band = band.sum(0)
@@ -158,9 +165,13 @@ def pauc_at_budget_core(
         # Each positive's share of the band negatives below it.
         v_cls = out.query_class
         v = (1.0 - out.ratios[:, 0] * inv_band.double()[v_cls]).to(dtype)
+        if diagnostics:
+            saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
 
     if not diagnostics:
         return RankingResult(1.0 - pauc, valid, None, degenerate)
+    from ..metrics import partial_auc_from_masks
+
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {
         "t_alpha": torch.where(valid, t_alpha, nan),
@@ -169,6 +180,9 @@ def pauc_at_budget_core(
         "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
         "pauc_var": torch.where(valid, _grouped_var(v, v_cls, n_numer), nan),
         "grad_pos_count": (pos & live.unsqueeze(1)).sum(0),
+        **pool_stats(pool),
+        "pauc": partial_auc_from_masks(s, pos, neg, alpha=alpha, beta=beta, normalize="band"),
+        "saturated_fraction": torch.where(valid, saturated, nan),
     }
     return RankingResult(1.0 - pauc, valid, stats, degenerate)
 
@@ -191,6 +205,7 @@ def pauc_at_budget_loss(
     iid_mask: Tensor | None = None,
     live_mask: Tensor | None = None,
     sample_weight: Tensor | None = None,
+    class_weight: Tensor | Sequence[float] | None = None,
     return_per_class: bool = False,
     return_diagnostics: bool = False,
     validate_args: bool = True,
@@ -224,7 +239,8 @@ def pauc_at_budget_loss(
 
     Args:
         logits: ``[M, C]`` scores (``C = 1`` is binary mode).
-        targets: ``[M]`` class ids (binary: ``{0, 1}``); ``ignore_index`` rows are excluded.
+        targets: ``[M]`` class ids (binary: ``{0, 1}``) or a multi-hot ``[M, C]``
+            (multi-label); ``ignore_index`` rows (multi-label: cells) are excluded.
         alpha: Lower FPR edge of the band, ``0 <= alpha < beta``.
         beta: Upper FPR edge (the budget), ``beta <= 1``.
         surrogate: ``'trapezoid'`` (gradient to positives only) or ``'pairwise'`` (band
@@ -240,10 +256,15 @@ def pauc_at_budget_loss(
         iid_mask: Optional ``[M]`` bool; only iid rows define the thresholds (default all).
         live_mask: Optional ``[M]`` bool marking the rows of the current batch (default all).
         sample_weight: Optional ``[M]`` weights; only numerator positives' weights matter.
+        class_weight: Optional ``[C]`` non-negative class weights: weighted mean (or sum) over
+            the valid classes; a class of weight 0 is not computed (``nan``, invalid).
         return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
         return_diagnostics: Also return a dict of ``[C]`` tensors: ``t_alpha``, ``t_beta``,
             ``tau_eff``, ``band_neg_count`` (iid negatives in the band), ``pauc_var``
-            (variance of the positives' contributions) and ``grad_pos_count`` (live positives).
+            (variance of the positives' contributions), ``grad_pos_count`` (live positives),
+            ``pos_count``, ``neg_count``, ``pauc`` (the exact partial AUC of the pool over
+            ``[alpha, beta]``, normalised by the band width), ``saturated_fraction`` (sigmoid
+            terms with :math:`|x| > 6`), and ``pool_size`` (rows taking part in the class).
         validate_args: Run the checks that need a host synchronisation.
 
     Returns:
@@ -275,33 +296,39 @@ def pauc_at_budget_loss(
     )
     temperature = check_float("temperature", temperature, low=0.0)
     check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
-    check_bool("return_per_class", return_per_class)
-    check_bool("return_diagnostics", return_diagnostics)
-    pool = functional_pool(
-        logits, targets, ignore_index=ignore_index, sample_weight=sample_weight, validate_args=validate_args
-    )
-    n, device = pool.scores.shape[0], pool.scores.device
-    result = pauc_at_budget_core(
-        pool,
-        iid=row_mask("iid_mask", iid_mask, n, device),
-        live=row_mask("live_mask", live_mask, n, device),
-        alpha=alpha,
-        beta=beta,
-        surrogate=surrogate,
-        n_knots=n_knots,
-        tau_scale=tau_scale,
-        pos_numerator=pos_numerator,
-        budget_basis=budget_basis,
-        temperature=temperature,
-        interpolation=quantile_interpolation,
-        diagnostics=return_diagnostics,
-    )
-    if result.degenerate is not None and bool(result.degenerate.any()):
-        warn(dispersion_message(alpha=alpha, budget_basis=budget_basis, tau_scale=tau_scale))
-    return package(
-        result,
+
+    def core(pool: Pool) -> RankingResult:
+        n, device = pool.scores.shape[0], pool.scores.device
+        return pauc_at_budget_core(
+            pool,
+            iid=row_mask("iid_mask", iid_mask, n, device),
+            live=row_mask("live_mask", live_mask, n, device),
+            alpha=alpha,
+            beta=beta,
+            surrogate=surrogate,
+            n_knots=n_knots,
+            tau_scale=tau_scale,
+            pos_numerator=pos_numerator,
+            budget_basis=budget_basis,
+            temperature=temperature,
+            interpolation=quantile_interpolation,
+            diagnostics=return_diagnostics,
+        )
+
+    def warn_degenerate(result: RankingResult) -> None:
+        if result.degenerate is not None and bool(result.degenerate.any()):
+            warn(dispersion_message(alpha=alpha, budget_basis=budget_basis, tau_scale=tau_scale))
+
+    return run_functional(
+        logits,
+        targets,
+        core,
         reduction=reduction,
-        anchor=logits,
+        ignore_index=ignore_index,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
         return_per_class=return_per_class,
         return_diagnostics=return_diagnostics,
+        validate_args=validate_args,
+        on_result=warn_degenerate,
     )

@@ -2,32 +2,37 @@ r"""Soft recall above a score quantile: recall inside a top-``q`` alert budget."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_float
+from .._validation import check_float
 from ._common import (
+    SATURATION,
     Pool,
     RankingResult,
     check_common,
     class_sum,
-    functional_pool,
     masked_column_quantiles,
-    package,
+    pool_stats,
     safe_divide,
     select_pairs,
 )
+from ._run import run_functional
 
 
 def recall_at_quantile_core(
-    pool: Pool, *, quantile: float, temperature: float, interpolation: str = "higher"
+    pool: Pool, *, quantile: float, temperature: float, interpolation: str = "higher", diagnostics: bool = False
 ) -> RankingResult:
     """Per-class loss ``1 - soft recall`` above the detached ``1 - quantile`` score quantile (no reduction).
 
     The threshold of class ``c`` is taken over every row of the pool that takes part in ``c``
     (positives and negatives alike), with :func:`torch.quantile`'s interpolation rules.
+    With ``diagnostics`` the result carries the pool counts, ``threshold``, the exact
+    ``recall`` (:func:`imbalanced_losses.metrics.recall_at_quantile` on the pool) and the
+    ``saturated_fraction`` of the positives' sigmoid terms, each ``[C]``.
     """
     scores, pos, neg, weight = pool
     levels = torch.tensor([1.0 - quantile], dtype=scores.dtype, device=scores.device)
@@ -39,7 +44,18 @@ def recall_at_quantile_core(
     den = class_sum(pairs.weight, pairs.cls, c)
     recall = safe_divide(class_sum(soft_hits * pairs.weight, pairs.cls, c), den)
     valid = pos.any(0) & (den > 0)
-    return RankingResult(1.0 - recall, valid)
+    if not diagnostics:
+        return RankingResult(1.0 - recall, valid)
+    from ..metrics import recall_at_quantile_from_masks
+
+    stats = pool_stats(pool)
+    stats["threshold"] = thresholds[0]
+    stats["recall"] = recall_at_quantile_from_masks(scores, pos, neg, quantile=quantile, interpolation=interpolation)
+    far = (pairs.scores.detach() - theta[pairs.cls]).abs() > SATURATION * temperature
+    n_pos = class_sum(torch.ones_like(soft_hits), pairs.cls, c)
+    saturated = safe_divide(class_sum(far.to(scores.dtype), pairs.cls, c), n_pos)
+    stats["saturated_fraction"] = torch.where(n_pos > 0, saturated, float("nan"))
+    return RankingResult(1.0 - recall, valid, stats)
 
 
 def recall_at_quantile_loss(
@@ -52,7 +68,9 @@ def recall_at_quantile_loss(
     reduction: str = "mean",
     ignore_index: int = -100,
     sample_weight: Tensor | None = None,
+    class_weight: Tensor | Sequence[float] | None = None,
     return_per_class: bool = False,
+    return_diagnostics: bool = False,
     validate_args: bool = True,
 ) -> Any:
     r"""Recall-at-quantile loss: one minus the soft recall of the top ``quantile`` of the pool.
@@ -69,7 +87,8 @@ def recall_at_quantile_loss(
 
     Args:
         logits: ``[M, C]`` scores (``C = 1`` is binary mode).
-        targets: ``[M]`` class ids (binary: ``{0, 1}``); ``ignore_index`` rows are excluded.
+        targets: ``[M]`` class ids (binary: ``{0, 1}``) or a multi-hot ``[M, C]``
+            (multi-label); ``ignore_index`` rows (multi-label: cells) are excluded.
         quantile: Budget :math:`q \in (0, 1)`, e.g. ``0.005`` for the top 50 bps.
         temperature: Sigmoid temperature :math:`\tau`, in logit units.
         quantile_interpolation: :func:`torch.quantile` interpolation: ``linear``, ``lower``,
@@ -77,11 +96,17 @@ def recall_at_quantile_loss(
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
         ignore_index: Target value of rows to leave out.
         sample_weight: Optional ``[M]`` weights; only positives' weights matter.
+        class_weight: Optional ``[C]`` non-negative class weights: weighted mean (or sum) over
+            the valid classes; a class of weight 0 is not computed (``nan``, invalid).
         return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
+        return_diagnostics: Also return a dict: ``pool_size`` (rows taking part), ``pos_count``,
+            ``neg_count``, ``threshold`` (:math:`\theta_c`), ``recall`` (exact, on the pool)
+            and ``saturated_fraction`` (positives with :math:`|s_i - \theta_c| > 6\tau`), each ``[C]``.
         validate_args: Run the checks that need a host synchronisation.
 
     Returns:
-        ``loss``, or ``(loss, per_class, valid)``. A class is invalid when it has no positive
+        ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
+        ``(loss, per_class, valid, stats)``. A class is invalid when it has no positive
         (or zero positive weight); an all-positive pool is valid.
 
     Raises:
@@ -99,11 +124,21 @@ def recall_at_quantile_loss(
     quantile = check_float("quantile", quantile, low=0.0, high=1.0)
     temperature = check_float("temperature", temperature, low=0.0)
     check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
-    check_bool("return_per_class", return_per_class)
-    pool = functional_pool(
-        logits, targets, ignore_index=ignore_index, sample_weight=sample_weight, validate_args=validate_args
+    return run_functional(
+        logits,
+        targets,
+        lambda pool: recall_at_quantile_core(
+            pool,
+            quantile=quantile,
+            temperature=temperature,
+            interpolation=quantile_interpolation,
+            diagnostics=return_diagnostics,
+        ),
+        reduction=reduction,
+        ignore_index=ignore_index,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
+        return_per_class=return_per_class,
+        return_diagnostics=return_diagnostics,
+        validate_args=validate_args,
     )
-    result = recall_at_quantile_core(
-        pool, quantile=quantile, temperature=temperature, interpolation=quantile_interpolation
-    )
-    return package(result, reduction=reduction, anchor=logits, return_per_class=return_per_class)

@@ -2,22 +2,24 @@ r"""Smooth-AP: a differentiable surrogate of average precision."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_float
+from .._validation import check_float
 from ._common import (
+    SATURATION,
     Pool,
     RankingResult,
-    check_common,
-    functional_pool,
-    package,
+    pool_stats,
     positive_weights,
     safe_divide,
+    saturated_pair_fraction,
 )
 from ._pairs import pair_sums
+from ._run import run_functional
 
 
 def _ap_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,7 +37,7 @@ def _ap_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
     return value, torch.stack([-value / r_all, coef * r_neg / r_all**2], dim=-1)
 
 
-def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
+def smooth_ap_core(pool: Pool, *, temperature: float, diagnostics: bool = False) -> RankingResult:
     r"""Per-class Smooth-AP loss ``1 - AP_c`` on a pool (no reduction).
 
     For the positives :math:`k` of class :math:`c`,
@@ -43,6 +45,7 @@ def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
     members (the self term :math:`\sigma(0)` included, hence :math:`\tfrac12`) and
     :math:`R_{pos}(k)` likewise over its positives. The sums run through the memory-bounded
     kernel :func:`~imbalanced_losses.functional._pairs.pair_sums` (no ``[|P|, M]`` tensor).
+    With ``diagnostics`` the result carries :func:`smooth_ap_stats`.
     """
     scores, pos, neg, weight = pool
     den = positive_weights(pos, weight, scores.dtype).sum(0)
@@ -52,7 +55,24 @@ def smooth_ap_core(pool: Pool, *, temperature: float) -> RankingResult:
         scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective, queries_are_keys=True
     ).per_class
     valid = pos.any(0) & neg.any(0) & (den > 0)
-    return RankingResult(1.0 - ap, valid)
+    return RankingResult(1.0 - ap, valid, smooth_ap_stats(pool, tau) if diagnostics else None)
+
+
+def smooth_ap_stats(pool: Pool, tau: Tensor) -> dict[str, Tensor]:
+    """Diagnostics of Smooth-AP: the pool counts, the exact ``ap`` and ``saturated_fraction`` per class.
+
+    ``ap`` is :func:`imbalanced_losses.metrics.average_precision` on the pool (unweighted);
+    ``saturated_fraction`` counts the (positive, member) pairs whose sigmoid
+    argument exceeds ``SATURATION`` in magnitude.
+    """
+    from ..metrics import average_precision_from_masks
+
+    stats = pool_stats(pool)
+    stats["ap"] = average_precision_from_masks(pool.scores, pool.pos, pool.neg)
+    stats["saturated_fraction"] = saturated_pair_fraction(
+        pool.scores, pool.pos, pool.pos | pool.neg, SATURATION * tau, exclude_self=True
+    )
+    return stats
 
 
 def smooth_ap_loss(
@@ -63,7 +83,9 @@ def smooth_ap_loss(
     reduction: str = "mean",
     ignore_index: int = -100,
     sample_weight: Tensor | None = None,
+    class_weight: Tensor | Sequence[float] | None = None,
     return_per_class: bool = False,
+    return_diagnostics: bool = False,
     validate_args: bool = True,
 ) -> Any:
     r"""Smooth-AP loss, one-vs-rest per class, on a pool of scored rows.
@@ -81,18 +103,25 @@ def smooth_ap_loss(
     Args:
         logits: ``[M, C]`` scores (``C = 1`` is binary mode).
         targets: ``[M]`` (or ``[M, 1]``) class ids in ``[0, C)``; in binary mode ``{0, 1}``
-            (any non-zero value counts as positive). Rows equal to ``ignore_index`` are excluded.
+            (any non-zero value counts as positive); or a multi-hot ``[M, C]`` (multi-label,
+            cells in ``{0, 1}``). Rows (multi-label: cells) equal to ``ignore_index`` are excluded.
         temperature: Sigmoid temperature :math:`\tau`, in logit units.
         reduction: ``'mean'`` (over valid classes), ``'sum'`` or ``'none'`` (``[C]``, ``nan``
             for invalid classes).
         ignore_index: Target value of rows to leave out.
         sample_weight: Optional ``[M]`` non-negative weights; only positives' weights matter.
+        class_weight: Optional ``[C]`` non-negative class weights: weighted mean (or sum) over
+            the valid classes; a class of weight 0 is not computed (``nan``, invalid).
         return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
+        return_diagnostics: Also return a dict: ``pool_size`` (rows taking part), ``pos_count``,
+            ``neg_count``, ``ap`` (exact average precision on the pool) and
+            ``saturated_fraction`` (pairs with :math:`|s_j - s_k| > 6\tau`), each ``[C]``.
         validate_args: Run the checks that need a host synchronisation (finite logits,
             target range). Shape and dtype checks always run.
 
     Returns:
-        ``loss`` (0-d, or ``[C]`` for ``'none'``), or ``(loss, per_class, valid)``. A class is
+        ``loss`` (0-d, or ``[C]`` for ``'none'``), ``(loss, per_class, valid)``,
+        ``(loss, stats)`` or ``(loss, per_class, valid, stats)``. A class is
         invalid (``nan``, excluded from the mean) when it has no positive, no negative, or
         zero positive weight; with no valid class the scalar is a graph-connected zero.
 
@@ -109,10 +138,15 @@ def smooth_ap_loss(
         0.1667
     """
     temperature = check_float("temperature", temperature, low=0.0)
-    check_common(reduction=reduction)
-    check_bool("return_per_class", return_per_class)
-    pool = functional_pool(
-        logits, targets, ignore_index=ignore_index, sample_weight=sample_weight, validate_args=validate_args
+    return run_functional(
+        logits,
+        targets,
+        lambda pool: smooth_ap_core(pool, temperature=temperature, diagnostics=return_diagnostics),
+        reduction=reduction,
+        ignore_index=ignore_index,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
+        return_per_class=return_per_class,
+        return_diagnostics=return_diagnostics,
+        validate_args=validate_args,
     )
-    result = smooth_ap_core(pool, temperature=temperature)
-    return package(result, reduction=reduction, anchor=logits, return_per_class=return_per_class)

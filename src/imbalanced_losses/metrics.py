@@ -1,0 +1,543 @@
+r"""Exact evaluation metrics on tensors: the hard quantities the ranking losses smooth.
+
+Every metric scores each class one-vs-rest and is vectorised over classes (no Python loop
+over ``C``, no per-class host synchronisation). Inputs follow the losses' conventions:
+
+* ``scores``: ``[N]`` (binary) or ``[N, C]``; detached, half precision is computed in float32,
+  float64 stays float64;
+* ``targets``: ``[N]`` in ``{0, 1}`` when ``C == 1`` (a 1-D ``scores`` means ``C == 1``),
+  ``[N]`` class ids in ``[0, C)`` when ``C > 1``, or a multi-hot ``[N, C]`` tensor (each cell
+  0 or 1); ``ignore_index`` rows (cells, multi-label) take no part in that class.
+
+Each function returns a 0-d tensor when ``scores`` is 1-D, otherwise ``[C]``, with ``nan`` for
+a class on which the metric is undefined (no positive, or zero positive weight; the AUC also
+needs a negative). The ``*_from_masks`` variants take a pool directly (``scores [M, C]``,
+``pos``/``neg`` ``[M, C]`` bool masks, as built by the losses) and skip all validation.
+
+Cost: one sort of the ``[C, M]`` columns (or one selection), ``O(C M log M)`` time and
+``O(C M)`` memory. Cumulative sums are accumulated in float64 (float32 on MPS).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._validation import (
+    INTERPOLATIONS,
+    check_bool,
+    check_choice,
+    check_finite_logits,
+    check_float,
+    check_int,
+    check_tensor,
+)
+from ._warnings import warn
+from .functional._common import class_masks, compute_dtype, masked_column_quantiles, order_statistics, validate_batch
+
+__all__ = ["average_precision", "coverage_at_budget", "partial_auc", "recall_at_quantile"]
+
+#: Accepted values of ``partial_auc(normalize=...)``.
+NORMALIZATIONS = ("band", "mcclish", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _detach(scores: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Scores detached in the computation dtype; the weights on their device in the accumulation dtype."""
+    x = scores.detach()
+    x = x.to(compute_dtype(x))
+    if weight is not None:
+        weight = weight.detach().to(device=x.device, dtype=_acc_dtype(x.device))
+    return x, weight
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """Dtype of the cumulative sums: float64 wherever the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _cell_weights(mask: Tensor, weight: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``[M, C]`` weight of each cell of ``mask`` (``w_j`` or 1 inside the mask, 0 outside)."""
+    w = mask.to(dtype)
+    return w if weight is None else w * weight.to(dtype).unsqueeze(1)
+
+
+class _Curve:
+    """Cumulative weighted TP/FP counts along each class column sorted by descending score.
+
+    Attributes (all ``[C, M]`` except the totals):
+        tpw: weight of the positive at each sorted position (0 for non-positives).
+        tp, fp: inclusive cumulative positive / negative weight.
+        end: index of the last position of each position's tie group (distinct threshold).
+        tp_total, fp_total: ``[C]`` total positive / negative weight.
+    """
+
+    def __init__(self, x: Tensor, pos: Tensor, neg: Tensor, weight: Tensor | None) -> None:
+        acc = _acc_dtype(x.device)
+        member = (pos | neg).t()
+        # Non-members sink to the end: they carry zero weight, so they never move a count.
+        vals, order = x.t().masked_fill(~member, float("-inf")).sort(dim=1, descending=True, stable=True)
+        self.tpw = _cell_weights(pos, weight, acc).t().gather(1, order)
+        fpw = _cell_weights(neg, weight, acc).t().gather(1, order)
+        self.tp = self.tpw.cumsum(1)
+        self.fp = fpw.cumsum(1)
+        self.tp_total = self.tp[:, -1]
+        self.fp_total = self.fp[:, -1]
+        c, m = vals.shape
+        is_last = torch.ones_like(vals, dtype=torch.bool)
+        is_last[:, :-1] = vals[:, :-1] != vals[:, 1:]
+        idx = torch.arange(m, device=x.device).expand(c, m)
+        # Smallest group end at or after each position: a reversed running minimum.
+        self.end = torch.where(is_last, idx, m).flip(1).cummin(1).values.flip(1)
+
+
+def _nan_result(x: Tensor) -> Tensor:
+    return x.new_full((x.shape[1],), float("nan"))
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with ``nan`` where ``den <= 0`` (an undefined class)."""
+    return torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(num, float("nan"))
+    )
+
+
+def _parse(
+    scores: Tensor, targets: Tensor, sample_weight: Tensor | None, *, ignore_index: int, validate_args: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Validate a metric's inputs; returns ``(scores [N, C], pos, neg, weight)``."""
+    check_int("ignore_index", ignore_index)
+    check_bool("validate_args", validate_args)
+    scores = check_tensor("scores", scores)
+    if not scores.is_floating_point():
+        raise TypeError(f"`scores` must be a floating-point tensor, got dtype {scores.dtype}.")
+    if scores.ndim not in (1, 2):
+        raise ValueError(f"`scores` must have shape [N] or [N, C], got shape {tuple(scores.shape)}.")
+    scores2d = scores.detach()
+    scores2d = scores2d.unsqueeze(1) if scores2d.ndim == 1 else scores2d
+    if validate_args:
+        check_finite_logits(scores2d, "scores")
+
+    def _warn(key: str, message: str) -> None:
+        if key == "zero_weight":
+            message = "`sample_weight` is entirely zero: no class has positive weight and every metric is nan."
+        warn(message)
+
+    scores2d, ids, weight = validate_batch(
+        scores2d,
+        targets,
+        sample_weight,
+        num_classes=None,
+        ignore_index=ignore_index,
+        validate_args=validate_args,
+        warn=_warn,
+    )
+    pos, neg = class_masks(ids, scores2d.shape[1], ignore_index)
+    return scores2d, pos, neg, weight
+
+
+def _shape_like(result: Tensor, scores: Tensor) -> Tensor:
+    return result.squeeze(0) if scores.ndim == 1 else result
+
+
+# ----------------------------------------------------------------------------------------------
+# Average precision
+
+
+def average_precision_from_masks(
+    scores: Tensor, pos: Tensor, neg: Tensor, *, sample_weight: Tensor | None = None
+) -> Tensor:
+    """Average precision of each column of a pool (no validation); see :func:`average_precision`.
+
+    Args:
+        scores: ``[M, C]`` scores.
+        pos: ``[M, C]`` bool, positives of each class.
+        neg: ``[M, C]`` bool, negatives of each class.
+        sample_weight: Optional ``[M]`` non-negative row weights.
+
+    Returns:
+        ``[C]`` in the scores' computation dtype, ``nan`` where a class has no positive weight.
+    """
+    x, weight = _detach(scores, sample_weight)
+    if x.shape[0] == 0:
+        return _nan_result(x)
+    curve = _Curve(x, pos, neg, weight)
+    # Precision at each distinct threshold, read by every position of its tie group.
+    precision = _ratio(curve.tp, curve.tp + curve.fp).nan_to_num(0.0).gather(1, curve.end)
+    return _ratio((curve.tpw * precision).sum(1), curve.tp_total).to(x.dtype)
+
+
+def average_precision(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    sample_weight: Tensor | None = None,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Average precision (area under the step-wise precision-recall curve), per class.
+
+    With the distinct score values of class :math:`c` sorted in decreasing order,
+    :math:`t_1 > t_2 > \dots`, and :math:`\mathrm{TP}_k`, :math:`\mathrm{FP}_k` the (weighted)
+    positives and negatives scored :math:`\ge t_k`:
+
+    .. math::
+        \mathrm{AP}_c = \sum_k (R_k - R_{k-1})\, P_k, \qquad
+        P_k = \frac{\mathrm{TP}_k}{\mathrm{TP}_k + \mathrm{FP}_k}, \quad
+        R_k = \frac{\mathrm{TP}_k}{\mathrm{TP}_{\text{total}}}, \quad R_0 = 0.
+
+    This is :func:`sklearn.metrics.average_precision_score` exactly, ties included: rows with
+    equal scores enter together at one threshold (no interpolation, no tie-breaking order).
+
+    Args:
+        scores: ``[N]`` (binary) or ``[N, C]`` scores; any monotone transform (logits or
+            probabilities) gives the same value.
+        targets: ``[N]`` binary ``{0, 1}`` (``C == 1``), ``[N]`` class ids (``C > 1``) or a
+            multi-hot ``[N, C]``; ``ignore_index`` rows/cells are left out.
+        ignore_index: Target value of rows (cells) to leave out.
+        sample_weight: Optional ``[N]`` non-negative row weights (as sklearn's ``sample_weight``).
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        A 0-d tensor for 1-D ``scores``, else ``[C]``; ``nan`` for a class without positive weight.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range target, non-finite score or bad option.
+        TypeError: On a non-tensor input or non-float scores.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.metrics import average_precision
+        >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+        >>> targets = torch.tensor([1, 0, 1, 0])
+        >>> round(average_precision(scores, targets).item(), 4)  # (1/1 + 2/3) / 2
+        0.8333
+    """
+    x, pos, neg, weight = _parse(scores, targets, sample_weight, ignore_index=ignore_index, validate_args=validate_args)
+    return _shape_like(average_precision_from_masks(x, pos, neg, sample_weight=weight), scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recall at quantile
+
+
+def recall_at_quantile_from_masks(
+    scores: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    quantile: float,
+    interpolation: str = "higher",
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """Hard recall above each column's ``1 - quantile`` quantile (no validation); see :func:`recall_at_quantile`.
+
+    Args:
+        scores: ``[M, C]`` scores.
+        pos: ``[M, C]`` bool, positives of each class.
+        neg: ``[M, C]`` bool, negatives of each class.
+        quantile: Budget ``q`` in ``(0, 1)``.
+        interpolation: :func:`torch.quantile` interpolation mode of the threshold.
+        sample_weight: Optional ``[M]`` non-negative row weights.
+
+    Returns:
+        ``[C]``, ``nan`` where a class has no positive weight.
+    """
+    x, weight = _detach(scores, sample_weight)
+    levels = torch.tensor([1.0 - quantile], dtype=x.dtype, device=x.device)
+    theta = masked_column_quantiles(x, pos | neg, levels, interpolation)[0][0]  # [C]
+    acc = _acc_dtype(x.device)
+    hit = (x > theta).to(acc) + 0.5 * (x == theta).to(acc)
+    w = _cell_weights(pos, weight, acc)
+    return _ratio((w * hit).sum(0), w.sum(0)).to(x.dtype)
+
+
+def recall_at_quantile(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    quantile: float,
+    interpolation: str = "higher",
+    ignore_index: int = -100,
+    sample_weight: Tensor | None = None,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Recall inside the top ``quantile`` of the scores: the hard limit of ``recall_at_quantile_loss``.
+
+    The threshold of class :math:`c` is the :math:`1 - q` quantile of every row taking part in
+    :math:`c` (positives and negatives), :math:`\theta_c = Q_{1-q}(\{s_{jc}\})`, computed
+    exactly as :func:`~imbalanced_losses.functional.recall_at_quantile_loss` does (the values
+    of :func:`torch.quantile` with the same ``interpolation``). Then
+
+    .. math::
+        \mathrm{rec}_c = \frac{\sum_{i \in P_c} w_i \left(\mathbb{1}[s_{ic} > \theta_c]
+            + \tfrac12 \mathbb{1}[s_{ic} = \theta_c]\right)}{\sum_{i \in P_c} w_i}.
+
+    Tie rule: a positive scored exactly at :math:`\theta_c` counts one half. This is the limit
+    of the loss's :math:`\sigma((s - \theta)/\tau)` as :math:`\tau \to 0`, so
+    ``1 - recall_at_quantile_loss(..., temperature=τ)`` tends to this metric. With the default
+    ``'higher'`` interpolation :math:`\theta_c` is always one of the scores, so ties at the
+    threshold are the rule, not the exception, on discrete scores.
+
+    Args:
+        scores: ``[N]`` (binary) or ``[N, C]`` scores.
+        targets: ``[N]`` binary ``{0, 1}`` (``C == 1``), ``[N]`` class ids (``C > 1``) or a
+            multi-hot ``[N, C]``; ``ignore_index`` rows/cells are left out.
+        quantile: Budget :math:`q \in (0, 1)`, e.g. ``0.005`` for the top 50 bps.
+        interpolation: :func:`torch.quantile` interpolation: ``linear``, ``lower``,
+            ``higher`` (default), ``nearest``, ``midpoint``.
+        ignore_index: Target value of rows (cells) to leave out.
+        sample_weight: Optional ``[N]`` non-negative row weights; only positives' weights
+            matter (the threshold is unweighted, as in the loss).
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        A 0-d tensor for 1-D ``scores``, else ``[C]``; ``nan`` for a class without positive weight.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range target, non-finite score or bad option.
+        TypeError: On a non-tensor input, non-float scores or a non-number option.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.metrics import recall_at_quantile
+        >>> scores = torch.arange(10.0)  # threshold: the 0.7 quantile with 'higher' = 7.0
+        >>> targets = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 0])
+        >>> recall_at_quantile(scores, targets, quantile=0.3).item()  # (0 + 1/2 + 1) / 3
+        0.5
+    """
+    quantile = check_float("quantile", quantile, low=0.0, high=1.0)
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    x, pos, neg, weight = _parse(scores, targets, sample_weight, ignore_index=ignore_index, validate_args=validate_args)
+    out = recall_at_quantile_from_masks(
+        x, pos, neg, quantile=quantile, interpolation=interpolation, sample_weight=weight
+    )
+    return _shape_like(out, scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Partial AUC
+
+
+def _area_below(f: Tensor, t: Tensor, cum: Tensor, x: float) -> Tensor:
+    """``[C]`` area under each piecewise-linear curve ``(f, t)`` (``[C, K]``, ``f`` sorted) over ``[0, x]``."""
+    k_max = f.shape[1] - 1
+    where = torch.full((f.shape[0], 1), x, dtype=f.dtype, device=f.device)
+    k = (torch.searchsorted(f, where, right=True) - 1).clamp(0, k_max)  # last knot with f <= x
+    k1 = (k + 1).clamp_max(k_max)
+    fk, tk, f1, t1 = f.gather(1, k), t.gather(1, k), f.gather(1, k1), t.gather(1, k1)
+    width = f1 - fk
+    t_x = tk + (t1 - tk) * (x - fk) / torch.where(width > 0, width, torch.ones_like(width))
+    t_x = torch.where(width > 0, t_x, tk)
+    return (cum.gather(1, k) + (x - fk) * (tk + t_x) / 2).squeeze(1)
+
+
+def partial_auc_from_masks(
+    scores: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    alpha: float = 0.0,
+    beta: float = 1.0,
+    normalize: str | None = "band",
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """Partial ROC AUC over FPR ``[alpha, beta]`` of each column (no validation); see :func:`partial_auc`.
+
+    Args:
+        scores: ``[M, C]`` scores.
+        pos: ``[M, C]`` bool, positives of each class.
+        neg: ``[M, C]`` bool, negatives of each class.
+        alpha: Lower FPR edge, ``0 <= alpha < beta``.
+        beta: Upper FPR edge, ``beta <= 1``.
+        normalize: ``'band'``, ``'mcclish'`` or ``None``.
+        sample_weight: Optional ``[M]`` non-negative row weights.
+
+    Returns:
+        ``[C]``, ``nan`` where a class has no positive or no negative weight.
+    """
+    x, weight = _detach(scores, sample_weight)
+    if x.shape[0] == 0:
+        return _nan_result(x)
+    curve = _Curve(x, pos, neg, weight)
+    # ROC vertices at the distinct thresholds; every position reads its group's end, so the
+    # positions inside a tie group repeat one vertex (zero-length segments add no area).
+    tpr = _ratio(curve.tp, curve.tp_total.unsqueeze(1)).nan_to_num(0.0).gather(1, curve.end)
+    fpr = _ratio(curve.fp, curve.fp_total.unsqueeze(1)).nan_to_num(0.0).gather(1, curve.end)
+    zero = fpr.new_zeros(fpr.shape[0], 1)
+    f = torch.cat([zero, fpr], 1)  # starts at (0, 0)
+    t = torch.cat([zero, tpr], 1)
+    trapezoids = (f[:, 1:] - f[:, :-1]) * (t[:, 1:] + t[:, :-1]) / 2
+    cum = torch.cat([zero, trapezoids.cumsum(1)], 1)
+    area = _area_below(f, t, cum, beta) - (_area_below(f, t, cum, alpha) if alpha > 0 else 0.0)
+    if normalize == "band":
+        area = area / (beta - alpha)
+    elif normalize == "mcclish":
+        a_min, a_max = (beta**2 - alpha**2) / 2, beta - alpha
+        area = 0.5 * (1.0 + (area - a_min) / (a_max - a_min))
+    defined = (curve.tp_total > 0) & (curve.fp_total > 0)
+    return torch.where(defined, area, torch.full_like(area, float("nan"))).to(x.dtype)
+
+
+def partial_auc(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = 0.0,
+    beta: float = 1.0,
+    normalize: str | None = "band",
+    ignore_index: int = -100,
+    sample_weight: Tensor | None = None,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Area under the ROC curve for false-positive rates in ``[alpha, beta]``, per class.
+
+    The ROC curve is sklearn's: the points :math:`(\mathrm{FPR}_k, \mathrm{TPR}_k)` at the
+    distinct score thresholds (tied rows enter together), joined by straight lines from
+    :math:`(0, 0)`; a tie group of positives and negatives is a diagonal segment. The raw area
+    :math:`A = \int_\alpha^\beta \mathrm{TPR}(f)\,df` is taken on that polygon, with the curve
+    interpolated linearly at the band edges. Then
+
+    * ``normalize='band'`` (default): :math:`A / (\beta - \alpha)`, the mean TPR over the
+      band, in ``[0, 1]``;
+    * ``normalize='mcclish'``: :math:`\tfrac12\left(1 + \frac{A - A_{\min}}{A_{\max} - A_{\min}}\right)`
+      with :math:`A_{\min} = (\beta^2 - \alpha^2)/2` (the chance diagonal) and
+      :math:`A_{\max} = \beta - \alpha`; for ``alpha = 0`` this is
+      ``sklearn.metrics.roc_auc_score(y, s, max_fpr=beta)``;
+    * ``normalize=None``: :math:`A` itself, in ``[0, beta - alpha]``.
+
+    The defaults (``alpha=0``, ``beta=1``) give the full ROC AUC (equal under every
+    ``normalize``). Pass ``beta`` = the loss's budget to score a
+    :func:`~imbalanced_losses.functional.pauc_at_budget_loss` model.
+
+    Args:
+        scores: ``[N]`` (binary) or ``[N, C]`` scores.
+        targets: ``[N]`` binary ``{0, 1}`` (``C == 1``), ``[N]`` class ids (``C > 1``) or a
+            multi-hot ``[N, C]``; ``ignore_index`` rows/cells are left out.
+        alpha: Lower FPR edge of the band, ``0 <= alpha < beta``.
+        beta: Upper FPR edge, ``beta <= 1``.
+        normalize: ``'band'``, ``'mcclish'`` or ``None``, see above.
+        ignore_index: Target value of rows (cells) to leave out.
+        sample_weight: Optional ``[N]`` non-negative row weights (as sklearn's ``sample_weight``).
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        A 0-d tensor for 1-D ``scores``, else ``[C]``; ``nan`` for a class without positive or
+        without negative weight.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range target, non-finite score or bad option.
+        TypeError: On a non-tensor input, non-float scores or a non-number option.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.metrics import partial_auc
+        >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+        >>> targets = torch.tensor([1, 0, 1, 0, 0])
+        >>> round(partial_auc(scores, targets).item(), 4)  # 5 of 6 pairs ordered
+        0.8333
+        >>> round(partial_auc(scores, targets, beta=0.5).item(), 4)  # TPR 1/2 on [0, 1/3], then 1
+        0.6667
+    """
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True)
+    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False)
+    if not alpha < beta:
+        raise ValueError(f"`alpha` and `beta` must satisfy 0 <= alpha < beta <= 1, got alpha={alpha!r}, beta={beta!r}.")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"`normalize` must be one of {NORMALIZATIONS}, got {normalize!r}.")
+    x, pos, neg, weight = _parse(scores, targets, sample_weight, ignore_index=ignore_index, validate_args=validate_args)
+    out = partial_auc_from_masks(x, pos, neg, alpha=alpha, beta=beta, normalize=normalize, sample_weight=weight)
+    return _shape_like(out, scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage at budget
+
+
+def coverage_at_budget_from_masks(scores: Tensor, pos: Tensor, neg: Tensor, *, budget: float) -> Tensor:
+    """Top-``ceil(budget * n)`` recall of each column (no validation); see :func:`coverage_at_budget`.
+
+    Args:
+        scores: ``[M, C]`` scores.
+        pos: ``[M, C]`` bool, positives of each class.
+        neg: ``[M, C]`` bool, negatives of each class.
+        budget: Fraction of the rows flagged, in ``(0, 1]``.
+
+    Returns:
+        ``[C]``, ``nan`` where a class has no positive.
+    """
+    x, _ = _detach(scores, None)
+    member = pos | neg
+    n = member.sum(0)
+    n_pos = pos.sum(0)
+    if x.shape[0] == 0:
+        return _nan_result(x)
+    # k = max(1, ceil(budget * n)) with Python's float64 product, as `math.ceil(budget * n)`.
+    k = torch.minimum(torch.ceil(n.to(_acc_dtype(x.device)) * budget).long().clamp_min(1), n)
+    # The k-th highest member score: rank n - k among the members in ascending order.
+    v = order_statistics(x.t(), member.t(), (n - k).unsqueeze(0))[0]  # [C]
+    above = member & (x > v)
+    tied = member & (x == v)
+    n_above, n_tied = above.sum(0), tied.sum(0)
+    # Positives strictly above the k-th score are in; the tie group at it shares the
+    # remaining k - n_above slots evenly (expected count under a uniform random tie break).
+    share = (k - n_above).to(x.dtype) / n_tied.clamp_min(1).to(x.dtype)
+    hits = (pos & above).sum(0).to(x.dtype) + (pos & tied).sum(0).to(x.dtype) * share
+    return _ratio(hits, n_pos.to(x.dtype))
+
+
+def coverage_at_budget(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    budget: float,
+    ignore_index: int = -100,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Coverage at an alert budget: the share of positives among the top ``budget`` of the rows.
+
+    With :math:`n_c` the rows taking part in class :math:`c` (positives and negatives) and
+    :math:`k_c = \max(1, \lceil b\, n_c \rceil)` (the product :math:`b\, n_c` in float64, as
+    ``math.ceil(budget * n)``), the coverage is the number of positives among the :math:`k_c`
+    highest scores divided by the number of positives.
+
+    Tie rule: when a tie group straddles the :math:`k_c`-th position, its members share the
+    remaining slots evenly, i.e. the result is the expected coverage under a uniformly random
+    order of the tied rows:
+
+    .. math::
+        \mathrm{cov}_c = \frac{|P_c \cap \{s > v_c\}| + |P_c \cap \{s = v_c\}|
+            \cdot \frac{k_c - |\{s > v_c\}|}{|\{s = v_c\}|}}{|P_c|},
+
+    where :math:`v_c` is the :math:`k_c`-th highest score. Without ties this is plain top-k
+    recall (``argsort`` and count).
+
+    Args:
+        scores: ``[N]`` (binary) or ``[N, C]`` scores.
+        targets: ``[N]`` binary ``{0, 1}`` (``C == 1``), ``[N]`` class ids (``C > 1``) or a
+            multi-hot ``[N, C]``; ``ignore_index`` rows/cells are left out.
+        budget: Fraction :math:`b \in (0, 1]` of the rows flagged, e.g. ``0.005`` for 50 bps.
+        ignore_index: Target value of rows (cells) to leave out.
+        validate_args: Run the checks that need a host synchronisation.
+
+    Returns:
+        A 0-d tensor for 1-D ``scores``, else ``[C]``; ``nan`` for a class without positives.
+
+    Raises:
+        ValueError: On a bad shape, out-of-range target, non-finite score or bad option.
+        TypeError: On a non-tensor input, non-float scores or a non-number option.
+
+    Example:
+        >>> import torch
+        >>> from imbalanced_losses.metrics import coverage_at_budget
+        >>> scores = torch.tensor([0.9, 0.8, 0.8, 0.1])
+        >>> targets = torch.tensor([1, 1, 0, 1])
+        >>> coverage_at_budget(scores, targets, budget=0.5).item()  # top 2: 1 + 1/2 of 3 positives
+        0.5
+    """
+    budget = check_float("budget", budget, low=0.0, high=1.0, low_open=True, high_open=False)
+    x, pos, neg, _ = _parse(scores, targets, None, ignore_index=ignore_index, validate_args=validate_args)
+    return _shape_like(coverage_at_budget_from_masks(x, pos, neg, budget=budget), scores)
