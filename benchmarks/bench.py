@@ -76,6 +76,8 @@ class Config:
         balance: ``balanced`` (uniform classes), ``bg`` (class 0 holds 90 % of the rows,
             classes 1..C-1 share the rest), ``pos1`` / ``pos10`` (binary, 1 % / 10 % positive).
         beta: PAUC budget ``beta``; ``None`` = the library default (pairwise uses 0.05).
+        skip_bg: ``class_weight`` 0 on the background class 0 (``bg`` only; ours only, the
+            incumbent has no ``class_weight``).
     """
 
     loss: str
@@ -83,6 +85,7 @@ class Config:
     c: int
     balance: str
     beta: float | None = None
+    skip_bg: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -91,6 +94,8 @@ class Config:
             raise ValueError(f"unknown balance {self.balance!r}; expected one of {BALANCES}")
         if (self.c == 1) != self.balance.startswith("pos"):
             raise ValueError("balance pos1/pos10 goes with c=1, balanced/bg with c>1")
+        if self.skip_bg and self.balance != "bg":
+            raise ValueError("skip_bg goes with balance bg")
         if self.loss == "pauc_pairwise" and self.beta is None:
             object.__setattr__(self, "beta", PAIRWISE_BETA)
 
@@ -98,18 +103,21 @@ class Config:
     def key(self) -> str:
         """Stable identifier (used to match results across runs and sides)."""
         beta = f" beta={self.beta:g}" if self.beta is not None else ""
-        return f"{self.loss}{beta} M={self.m} C={self.c} {self.balance}"
+        skip = " skip-bg" if self.skip_bg else ""
+        return f"{self.loss}{beta} M={self.m} C={self.c} {self.balance}{skip}"
 
     @property
-    def series(self) -> tuple[str, float | None, int, str]:
+    def series(self) -> tuple[str, float | None, int, str, bool]:
         """Everything but the pool size (a line in the plots)."""
-        return (self.loss, self.beta, self.c, self.balance)
+        return (self.loss, self.beta, self.c, self.balance, self.skip_bg)
 
     def worker_args(self) -> list[str]:
         """Command-line arguments that make the worker run this configuration."""
         args = ["--loss", self.loss, "--m", str(self.m), "--c", str(self.c), "--balance", self.balance]
         if self.beta is not None:
             args += ["--beta", repr(self.beta)]
+        if self.skip_bg:
+            args.append("--skip-bg")
         return args
 
     def class_counts(self) -> list[int]:
@@ -184,6 +192,10 @@ def preset_configs(name: str) -> list[Config]:
     if name == "quick":
         return [Config(loss, 1024, 1, "pos10") for loss in LOSSES] + [
             Config(loss, 4096, 10, "balanced") for loss in LOSSES
+        ]
+    if name == "class_weight":  # A4: a zero-weight background class removes its cost
+        return [
+            Config(loss, m, 10, "bg", skip_bg=skip) for loss in LOSSES for m in (16384, 65536) for skip in (False, True)
         ]
     if name == "grid":
         out = []
@@ -293,15 +305,18 @@ def make_data(cfg: Config, seed: int = 0, signal_strength: float = 0.0) -> tuple
 
 def build_loss(pkg: Any, cfg: Config) -> Any:
     """The loss module for ``cfg`` (``queue_size=0``; library defaults otherwise)."""
+    common: dict[str, Any] = {"num_classes": cfg.c, "queue_size": 0}
+    if cfg.skip_bg:
+        common["class_weight"] = [0.0] + [1.0] * (cfg.c - 1)
     if cfg.loss == "smooth_ap":
-        return pkg.SmoothAPLoss(num_classes=cfg.c, queue_size=0)
+        return pkg.SmoothAPLoss(**common)
     if cfg.loss == "recall":
-        return pkg.RecallAtQuantileLoss(num_classes=cfg.c, queue_size=0)
+        return pkg.RecallAtQuantileLoss(**common)
     surrogate = "pairwise" if cfg.loss == "pauc_pairwise" else "trapezoid"
     kwargs: dict[str, Any] = {"surrogate": surrogate}
     if cfg.beta is not None:
         kwargs["beta"] = cfg.beta
-    return pkg.PAUCAtBudgetLoss(num_classes=cfg.c, queue_size=0, **kwargs)
+    return pkg.PAUCAtBudgetLoss(**common, **kwargs)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -320,7 +335,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one configuration in this process; returns the result record."""
-    cfg = Config(args.loss, args.m, args.c, args.balance, args.beta)
+    cfg = Config(args.loss, args.m, args.c, args.balance, args.beta, args.skip_bg)
     out: dict[str, Any] = {"key": cfg.key, "config": dataclasses.asdict(cfg), "status": "failed"}
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -661,6 +676,8 @@ def run_driver(opts: argparse.Namespace) -> int:
                 res = reuse[cfg.key]
             elif side == "incumbent" and not python:
                 res = {"status": "skipped", "reason": "not in the reused file"}
+            elif side == "incumbent" and cfg.skip_bg:
+                res = {"status": "skipped", "reason": "no class_weight in 0.6"}
             elif prev is not None and prev[0] < cfg.m:
                 res = {"status": "skipped", "reason": f"{prev[1]} at M={prev[0]}"}
             elif side == "incumbent":
@@ -949,6 +966,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": {"repeats": 3, "min_repeats": 2, "min_time": 0.1, "max_time": 5.0},
     "targets": {"repeats": 5, "min_repeats": 3, "min_time": 0.5, "max_time": 60.0},
     "grid": {"repeats": 5, "min_repeats": 3, "min_time": 0.3, "max_time": 30.0},
+    "class_weight": {"repeats": 5, "min_repeats": 3, "min_time": 0.5, "max_time": 60.0},
 }
 
 
@@ -1007,6 +1025,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     worker.add_argument("--c", type=int, required=True)
     worker.add_argument("--balance", choices=BALANCES, required=True)
     worker.add_argument("--beta", type=float, help="PAUC beta (pauc_pairwise defaults to 0.05)")
+    worker.add_argument("--skip-bg", action="store_true", help="class_weight 0 on class 0 (bg only)")
     worker.add_argument("--side", choices=("ours", "incumbent"), default="ours")
     _add_timing_args(worker, defaults=True)
 
