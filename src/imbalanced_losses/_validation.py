@@ -106,15 +106,15 @@ def check_tensor(name: str, value: Any) -> Tensor:
     return value
 
 
-def check_logits(logits: Any, num_classes: int | None = None) -> Tensor:
-    """Require floating-point logits of shape ``[N, C]`` (``C == num_classes`` when given)."""
-    logits = check_tensor("logits", logits)
+def check_logits(logits: Any, num_classes: int | None = None, name: str = "logits") -> Tensor:
+    """Require floating-point scores ``name`` of shape ``[N, C]`` (``C == num_classes`` when given)."""
+    logits = check_tensor(name, logits)
     if not logits.is_floating_point():
-        raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}.")
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {logits.dtype}.")
     if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
         want = f"[N, {num_classes}]" if num_classes is not None else "[N, C]"
         raise ValueError(
-            f"`logits` must have shape {want} (flatten sequence dimensions first), got shape {tuple(logits.shape)}."
+            f"`{name}` must have shape {want} (flatten sequence dimensions first), got shape {tuple(logits.shape)}."
         )
     return logits
 

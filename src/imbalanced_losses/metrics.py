@@ -27,7 +27,6 @@ from ._validation import (
     INTERPOLATIONS,
     check_bool,
     check_choice,
-    check_finite_logits,
     check_float,
     check_int,
     check_tensor,
@@ -112,14 +111,10 @@ def _parse(
     check_int("ignore_index", ignore_index)
     check_bool("validate_args", validate_args)
     scores = check_tensor("scores", scores)
-    if not scores.is_floating_point():
-        raise TypeError(f"`scores` must be a floating-point tensor, got dtype {scores.dtype}.")
     if scores.ndim not in (1, 2):
         raise ValueError(f"`scores` must have shape [N] or [N, C], got shape {tuple(scores.shape)}.")
     scores2d = scores.detach()
     scores2d = scores2d.unsqueeze(1) if scores2d.ndim == 1 else scores2d
-    if validate_args:
-        check_finite_logits(scores2d, "scores")
 
     def _warn(key: str, message: str) -> None:
         if key == "zero_weight":
@@ -134,6 +129,7 @@ def _parse(
         ignore_index=ignore_index,
         validate_args=validate_args,
         warn=_warn,
+        name="scores",
     )
     pos, neg = class_masks(ids, scores2d.shape[1], ignore_index)
     return scores2d, pos, neg, weight

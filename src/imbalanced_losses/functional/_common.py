@@ -124,18 +124,20 @@ def validate_batch(
     ignore_index: int,
     validate_args: bool,
     warn: Callable[[str, str], None],
+    name: str = "logits",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Check a batch and normalise its targets; returns ``(logits, ids, weight)``.
 
     ``warn(key, message)`` receives the soft problems (binary targets outside ``{0, 1}``, an
-    all-zero ``sample_weight``): the functional API warns on each call, a module once.
+    all-zero ``sample_weight``): the functional API warns on each call, a module once. ``name``
+    is the scores' argument name in error messages.
     """
-    logits = check_logits(logits, num_classes)
+    logits = check_logits(logits, num_classes, name)
     n, c = logits.shape
     targets = check_targets(targets, n, c)
     weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
     if validate_args:
-        check_finite_logits(logits)
+        check_finite_logits(logits, name)
         offenders = binary_offenders(targets, ignore_index) if c == 1 else []
         if offenders:
             warn("binary_targets", binary_target_message(offenders))
