@@ -91,8 +91,13 @@ def expand_result(result: RankingResult, keep: Tensor, num_classes: int) -> Rank
 def run_on_classes(
     core: Callable[[Pool], RankingResult], pool: Pool, class_weight: ClassWeight | None
 ) -> RankingResult:
-    """Run ``core`` on the classes of non-zero weight only, and return a full ``[C]`` result."""
-    if class_weight is None or class_weight.keep is None:
-        return core(pool)
-    num_classes = pool.scores.shape[1]
-    return expand_result(core(restrict_pool(pool, class_weight.keep)), class_weight.keep, num_classes)
+    """Run ``core`` on the classes of non-zero weight only, and return a full ``[C]`` result.
+
+    The core runs with autocast disabled: the pool is already in its computation dtype
+    (float32 for half-precision logits), and a matmul inside the kernels must not be demoted.
+    """
+    with torch.autocast(pool.scores.device.type, enabled=False):
+        if class_weight is None or class_weight.keep is None:
+            return core(pool)
+        num_classes = pool.scores.shape[1]
+        return expand_result(core(restrict_pool(pool, class_weight.keep)), class_weight.keep, num_classes)
