@@ -28,6 +28,7 @@ from ._warnings import WarnOnce
 from .distributed import gather_batch, resolve_gather, shared_generator
 from .functional._classes import ClassWeight, check_class_weight, run_on_classes
 from .functional._common import (
+    Pool,
     RankingResult,
     compute_dtype,
     kept_rows,
@@ -158,9 +159,14 @@ class RankingLoss(nn.Module):
         if rows.numel() < merged.targets.shape[0]:
             merged = Merged(*(None if t is None else t.index_select(0, rows) for t in merged))  # type: ignore[arg-type]
         pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index)
-        result = run_on_classes(lambda p: core(p, merged.iid, merged.is_live), pool, self._class_weights())
-        if result.stats is not None:
-            result.stats["queue_fill"] = self._queue.fill().to(logits.device)  # the stored rows this call used
+
+        def run(p: Pool) -> RankingResult:
+            out = core(p, merged.iid, merged.is_live)
+            if out.stats is not None:  # the stored rows each class of this call used
+                out.stats["queue_fill"] = ((p.pos | p.neg) & ~merged.is_live.unsqueeze(1)).sum(0)
+            return out
+
+        result = run_on_classes(run, pool, self._class_weights())
         if rows.numel() > 0 and (self.training or self.update_queue_in_eval):
             self._queue.enqueue(logits, ids, iid, weight)
         return result, local_ids

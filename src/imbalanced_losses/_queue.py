@@ -75,13 +75,6 @@ class MemoryQueue(nn.Module):
         self._q_iid.fill_(True)
         self._q_weight.fill_(1.0)
 
-    def fill(self) -> Tensor:
-        """``[C]`` count of stored rows per class (``ignore_index`` slots and multi-label cells are empty)."""
-        if self.capacity == 0:
-            return torch.zeros(self.num_classes, dtype=torch.long)
-        occupied = self._q_targets != self.ignore_index
-        return occupied.sum(0) if occupied.ndim == 2 else occupied.sum().expand(self.num_classes)
-
     def match_targets(self, targets: Tensor) -> None:
         """Give the target buffer the layout of ``targets``: ``[Q]`` class ids or ``[Q, C]`` multi-hot cells.
 

@@ -167,7 +167,10 @@ class PAUCAtBudgetLoss(RankingLoss):
             )
         if result.stats is not None:
             # Live positives of *this rank* (before any all-gather): the rows this rank's backward reaches.
-            result.stats["grad_pos_count"] = _count_positives(local_ids, self.num_classes)
+            counts = _count_positives(local_ids, self.num_classes)
+            if self.class_weight is not None:  # classes of weight 0 were not computed
+                counts = counts * (self.class_weight > 0).to(counts.device)
+            result.stats["grad_pos_count"] = counts
         return self._finish(result, logits, return_per_class, return_diagnostics)
 
 
