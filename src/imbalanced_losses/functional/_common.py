@@ -323,11 +323,10 @@ def saturated_pair_fraction(
     sorted_keys = s.masked_fill(~keys.t(), float("inf")).sort(dim=1).values
     near = torch.searchsorted(sorted_keys, s + width, right=True) - torch.searchsorted(sorted_keys, s - width)
     q = queries.t()
-    n_keys = keys.sum(0)
-    if exclude_self:
-        near = near - (q & keys.t()).long()  # a query that is also a key met itself within the window
-    per_query = n_keys.unsqueeze(1) - exclude_self * (q & keys.t()).long()
-    far = ((per_query - near) * q).sum(1)
+    # A query that is also a key meets itself inside its window: not a pair when excluded.
+    self_pair = (q & keys.t()).long() if exclude_self else torch.zeros_like(near)
+    per_query = keys.sum(0).unsqueeze(1) - self_pair  # pairs of each query
+    far = ((per_query - near + self_pair) * q).sum(1)
     total = (per_query * q).sum(1)
     return torch.where(total > 0, far.to(s.dtype) / total.clamp_min(1), float("nan"))
 
