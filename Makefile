@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,dev,examples]"
+	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning]"
 	touch $(STAMP)
 
 demo: $(STAMP)

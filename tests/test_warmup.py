@@ -778,6 +778,23 @@ def test_epoch_hook_warning_after_100_training_forwards():
     assert w.in_warmup  # behaviour unchanged: the warning only reports it
 
 
+def test_step_mode_batch_hook_warning_after_100_training_forwards():
+    w = make(warmup_steps=5, warmup_loss=PlainCE())
+    logits, targets = batch(4)
+    with caught() as rec:
+        warnings.simplefilter("always")
+        for _ in range(99):
+            w(logits, targets)
+        assert count_warnings(rec, "never ends") == 0
+        for _ in range(50):
+            w(logits, targets)
+    hits = [str(r.message) for r in rec if "never ends" in str(r.message)]
+    assert len(hits) == 1
+    assert "on_train_batch_start(global_step)" in hits[0]
+    assert "warmup_steps=5" in hits[0]
+    assert w.in_warmup
+
+
 @pytest.mark.parametrize("case", ["hook_called", "eval_mode", "step_mode", "no_warmup"])
 def test_epoch_hook_warning_not_raised(case):
     kwargs = {"warmup_steps": 10_000} if case == "step_mode" else {"warmup_epochs": 0 if case == "no_warmup" else 3}

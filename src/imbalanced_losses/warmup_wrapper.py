@@ -18,9 +18,10 @@ __all__ = ["LossWarmupWrapper"]
 
 #: ``switch_step`` value meaning "armed: latch at the next batch hook" (kept for checkpoint compatibility).
 _ARMED = -1
-#: Training-mode forward calls in epoch-mode warm-up, with ``on_train_epoch_start`` never called,
-#: after which the wrapper warns that the warm-up can never end.
-_EPOCH_HOOK_GRACE = 100
+#: Training-mode forward calls in the warm-up, with the hook that advances it (epoch mode:
+#: ``on_train_epoch_start``; step mode: ``on_train_batch_start``) never called, after which the
+#: wrapper warns that the warm-up can never end.
+_HOOK_GRACE = 100
 
 
 class LossWarmupWrapper(nn.Module):
@@ -358,16 +359,11 @@ class LossWarmupWrapper(nn.Module):
             (per-class values, diagnostics) are the main loss's, unblended.
         """
         if self.in_warmup:
-            if self.training and not self._epoch_hook_seen and not self._step_mode:
+            hook_seen = self._batch_hook_seen if self._step_mode else self._epoch_hook_seen
+            if self.training and not hook_seen:
                 self._warmup_forwards += 1
-                if self._warmup_forwards >= _EPOCH_HOOK_GRACE:
-                    self._warn_once(
-                        "epoch_hook",
-                        f"LossWarmupWrapper: {self._warmup_forwards} training forward calls in epoch mode "
-                        f"(warmup_epochs={self.warmup_epochs}) without any on_train_epoch_start(epoch) call; the epoch "
-                        "stays at 0, so the warm-up never ends. Call on_train_epoch_start(epoch) at the start of "
-                        "every epoch (or use warmup_steps= for step mode). (Shown once.)",
-                    )
+                if self._warmup_forwards >= _HOOK_GRACE:
+                    self._warn_once("missing_hook", self._missing_hook_message())
             return self._warmup_forward(logits, targets, kwargs)
         if not self._batch_hook_seen and self._has_temperature:
             self._warn_once(
@@ -386,6 +382,18 @@ class LossWarmupWrapper(nn.Module):
         if isinstance(main_out, tuple):
             return ((1.0 - weight) * warmup_out + weight * main_out[0], *main_out[1:])
         return (1.0 - weight) * warmup_out + weight * main_out
+
+    def _missing_hook_message(self) -> str:
+        if self._step_mode:
+            hook, length, position = "on_train_batch_start(global_step)", f"warmup_steps={self.warmup_steps}", "step"
+        else:
+            hook, length, position = "on_train_epoch_start(epoch)", f"warmup_epochs={self.warmup_epochs}", "epoch"
+        return (
+            f"LossWarmupWrapper: {self._warmup_forwards} training forward calls ({length}) without any {hook} "
+            f"call; the {position} stays at 0, so the warm-up never ends. Call {hook} at the start of every "
+            f"{'batch' if self._step_mode else 'epoch'} (with Lightning: "
+            "imbalanced_losses.integrations.lightning.WarmupCallback). (Shown once.)"
+        )
 
     def _warmup_forward(self, logits: Tensor, targets: Tensor, kwargs: Mapping[str, Any]) -> Any:
         if "sample_weight" in kwargs and self._warmup_takes_sample_weight:
