@@ -3,30 +3,34 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test pytest lint format clean
+.PHONY: demo test pytest lint docs format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning]"
+	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart_demo.py
 
-test: $(STAMP) lint pytest
+test: $(STAMP) lint pytest docs
 
 pytest: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests examples benchmarks
-	$(PY) -m ruff format --check src tests examples benchmarks
+	$(PY) -m ruff check src tests examples benchmarks docs/_ext
+	$(PY) -m ruff format --check src tests examples benchmarks docs/_ext
 	$(PY) -m mypy
 
+# The documentation site (mkdocs-material + mkdocstrings), built with --strict: any warning fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 format: $(STAMP)
-	$(PY) -m ruff check --fix src tests examples benchmarks
-	$(PY) -m ruff format src tests examples benchmarks
+	$(PY) -m ruff check --fix src tests examples benchmarks docs/_ext
+	$(PY) -m ruff format src tests examples benchmarks docs/_ext
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
