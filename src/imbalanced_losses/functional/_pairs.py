@@ -266,8 +266,8 @@ def _block_terms(
     _, slope = objective(sums.double() + base, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
-    own = (self_slot >= 0) & (self_slot < span)
-    sig.view(n * b, span)[own.flatten().nonzero().squeeze(1), self_slot[own]] = 0.0
+    # Slots outside [0, span) match no key: no host synchronisation, no data-dependent shape.
+    sig.masked_fill_(torch.arange(span, device=sig.device) == self_slot.unsqueeze(2), 0.0)
     grad_query = -(_bmm(sig, mask) * slope).sum(2)
     grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
     return sums, grad_query, grad_key
@@ -292,6 +292,9 @@ def _pack(mask_t: Tensor, width: int) -> Tensor:
     return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
 
 
+# Host-planned (data-dependent chunks): Dynamo would only split it into many graph-broken
+# fragments, slower than eager, and inductor miscompiles the views of the reused work buffer.
+@torch.compiler.disable
 def _windowed(
     tau: Tensor,
     keys: SortedRows,
@@ -526,9 +529,8 @@ class _PairSigmoid(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         d, sig = ctx.saved_tensors
         out = torch.sigmoid(-d).mul_(sig).mul_(grad)
-        if ctx.own is not None and out.numel() > 0:
-            has = ctx.own >= 0
-            out.view(-1, out.shape[2])[has.flatten().nonzero().squeeze(1), ctx.own[has]] = 0.0
+        if ctx.own is not None:  # own == -1 (no own pair) matches no key slot
+            out.masked_fill_(torch.arange(out.shape[2], device=out.device) == ctx.own.unsqueeze(2), 0.0)
         return out, None
 
 

@@ -125,7 +125,7 @@ def pauc_at_budget_core(
     c = scores.shape[1]
     pairs = select_pairs(numer, scores, weight)
     den = class_sum(pairs.weight, pairs.cls, c)
-    n_numer = torch.bincount(pairs.cls, minlength=c)
+    n_numer = numer.sum(0)  # = bincount(pairs.cls), without a data-dependent shape
     gated = pos.any(0) & neg_iid.any(0) & (n_numer > 0) & (den > 0)
     degenerate = gated & ~(scale > MIN_DISPERSION)
     valid = gated & ~degenerate
