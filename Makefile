@@ -11,8 +11,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning,docs]"
 	touch $(STAMP)
 
+# The coverage-at-budget demo in quick mode (~1 min on 2 cores): table on stdout, figure in
+# examples/output/. Full size: $(PY) examples/coverage_at_budget_demo.py --seeds 5
 demo: $(STAMP)
-	$(PY) examples/quickstart_demo.py
+	$(PY) examples/coverage_at_budget_demo.py --quick
 
 test: $(STAMP) lint pytest docs
 
