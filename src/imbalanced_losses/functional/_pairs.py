@@ -36,6 +36,7 @@ per key, far below the float32 rounding of the dense sum and below 1e-12 in floa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -292,9 +293,18 @@ def _pack(mask_t: Tensor, width: int) -> Tensor:
     return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
 
 
-# Host-planned (data-dependent chunks): Dynamo would only split it into many graph-broken
-# fragments, slower than eager, and inductor miscompiles the views of the reused work buffer.
-@torch.compiler.disable
+@functools.cache
+def _untraced_windowed() -> Callable[..., Any]:
+    """:func:`_windowed` excluded from ``torch.compile`` tracing.
+
+    The kernel is host-planned (data-dependent blocks and chunks): Dynamo would only split it
+    into many graph-broken fragments, slower than eager, and inductor miscompiles the views of
+    its reused work buffer. Wrapped on first use under compilation, so that importing the
+    library does not import ``torch._dynamo`` (about a second).
+    """
+    return torch.compiler.disable(_windowed)
+
+
 def _windowed(
     tau: Tensor,
     keys: SortedRows,
@@ -389,7 +399,8 @@ class _PairSums(torch.autograd.Function):
         params: Tensor,
         objective: Objective,
     ) -> tuple[Tensor, Tensor]:
-        value, ratios, grad_k, grad_q = _windowed(tau, keys, key_mask, queries, params, objective, scores.shape[0])
+        windowed = _untraced_windowed() if torch.compiler.is_compiling() else _windowed
+        value, ratios, grad_k, grad_q = windowed(tau, keys, key_mask, queries, params, objective, scores.shape[0])
         c, m = tau.shape[0], scores.shape[0]
         grad = torch.zeros(c * m, dtype=scores.dtype, device=scores.device)  # flat [C, M]
         base = torch.arange(c, device=scores.device).unsqueeze(1) * m
