@@ -226,6 +226,17 @@ def _bmm(a: Tensor, b: Tensor) -> Tensor:
     return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
 
 
+def _zero_slots(x: Tensor, slot: Tensor) -> None:
+    """Set ``x[i, j, slot[i, j]] = 0`` in place where ``0 <= slot < x.shape[2]`` (other slots: no pair).
+
+    ``O(n B)`` gather/scatter with static shapes: no host synchronisation, nothing for
+    ``torch.compile`` to break on, and no pass over the whole ``[n, B, L]`` block.
+    """
+    own = ((slot >= 0) & (slot < x.shape[2])).unsqueeze(2)
+    idx = torch.where(own, slot.unsqueeze(2), 0)
+    x.scatter_(2, idx, torch.where(own, 0.0, x.gather(2, idx)))
+
+
 def _block_terms(
     sk: Tensor,
     sq: Tensor,
@@ -267,8 +278,7 @@ def _block_terms(
     _, slope = objective(sums.double() + base, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
-    # Slots outside [0, span) match no key: no host synchronisation, no data-dependent shape.
-    sig.masked_fill_(torch.arange(span, device=sig.device) == self_slot.unsqueeze(2), 0.0)
+    _zero_slots(sig, self_slot)
     grad_query = -(_bmm(sig, mask) * slope).sum(2)
     grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
     return sums, grad_query, grad_key
@@ -540,8 +550,8 @@ class _PairSigmoid(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         d, sig = ctx.saved_tensors
         out = torch.sigmoid(-d).mul_(sig).mul_(grad)
-        if ctx.own is not None:  # own == -1 (no own pair) matches no key slot
-            out.masked_fill_(torch.arange(out.shape[2], device=out.device) == ctx.own.unsqueeze(2), 0.0)
+        if ctx.own is not None:
+            _zero_slots(out, ctx.own)
         return out, None
 
 
