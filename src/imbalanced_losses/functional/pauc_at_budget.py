@@ -141,10 +141,6 @@ def pauc_at_budget_core(
         contrib = (sig * omega).sum(1) / (n_knots - 1)  # [P]: v_i, the band-mean soft TPR of positive i
         pauc = safe_divide(class_sum(contrib * pairs.weight, pairs.cls, c), den)
         v, v_cls = contrib.detach(), pairs.cls
-        if diagnostics:
-            far = (pairs.scores.detach().unsqueeze(1) - knots[pairs.cls]).abs() > SATURATION * tau_safe[pairs.cls, None]
-            n_terms = class_sum(torch.full_like(contrib, n_knots), pairs.cls, c)
-            saturated = safe_divide(class_sum(far.sum(1).to(dtype), pairs.cls, c), n_terms)
     else:
         band = neg & in_band  # every pooled negative in the band, iid or not
         n_band = band.sum(0)
@@ -165,12 +161,17 @@ def pauc_at_budget_core(
         # Each positive's share of the band negatives below it.
         v_cls = out.query_class
         v = (1.0 - out.ratios[:, 0] * inv_band.double()[v_cls]).to(dtype)
-        if diagnostics:
-            saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
 
     if not diagnostics:
         return RankingResult(1.0 - pauc, valid, None, degenerate)
     from ..metrics import partial_auc_from_masks
+
+    if surrogate == "trapezoid":  # (numerator positive, knot) terms
+        far = (pairs.scores.detach().unsqueeze(1) - knots[pairs.cls]).abs() > SATURATION * tau_safe[pairs.cls, None]
+        n_terms = class_sum(torch.full_like(contrib, n_knots), pairs.cls, c)
+        saturated = safe_divide(class_sum(far.sum(1).to(dtype), pairs.cls, c), n_terms)
+    else:  # (numerator positive, band negative) pairs
+        saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
 
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {
