@@ -178,20 +178,20 @@ def check_sample_weight(sample_weight: Any, n: int, *, validate_args: bool) -> T
     return None if w is None else check_weight_values(w, validate_args=validate_args)
 
 
-def check_weight_values(w: Tensor, *, validate_args: bool) -> Tensor:
-    """Require a real-valued ``sample_weight`` of any shape, finite and non-negative. Returns it detached.
+def check_weight_values(w: Tensor, *, validate_args: bool, name: str = "sample_weight") -> Tensor:
+    """Require a real-valued weight tensor ``name`` of any shape, finite and non-negative. Returns it detached.
 
     The value checks (one host synchronisation) run only when ``validate_args`` is true.
     """
     if not (w.is_floating_point() or w.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-        raise TypeError(f"`sample_weight` must be a real-valued tensor, got dtype {w.dtype}.")
+        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {w.dtype}.")
     w = w.detach()
     if validate_args and w.numel() > 0:
         if w.is_floating_point() and not bool(torch.isfinite(w).all()):
-            raise ValueError("`sample_weight` must be finite, got NaN or inf.")
+            raise ValueError(f"`{name}` must be finite, got NaN or inf.")
         w_min = w.min()
         if bool(w_min < 0):
-            raise ValueError(f"`sample_weight` must be non-negative, got min {w_min.item()!r}.")
+            raise ValueError(f"`{name}` must be non-negative, got min {w_min.item()!r}.")
     return w
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .._validation import check_weight_values
 from ._common import Pool, RankingResult
 
 
@@ -36,9 +37,7 @@ def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | Non
     if class_weight is None:
         return None
     if isinstance(class_weight, Tensor):
-        if class_weight.is_complex() or class_weight.dtype == torch.bool:
-            raise TypeError(f"`class_weight` must be a real-valued tensor, got dtype {class_weight.dtype}.")
-        weight = class_weight.detach()
+        weight = class_weight
     elif isinstance(class_weight, Sequence) and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in class_weight
     ):
@@ -47,14 +46,13 @@ def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | Non
         raise TypeError(
             f"`class_weight` must be a [C] tensor or a sequence of numbers, got {type(class_weight).__name__}."
         )
-    if not weight.is_floating_point():
-        weight = weight.float()
+    weight = check_weight_values(weight, validate_args=True, name="class_weight")
     if weight.ndim != 1 or weight.shape[0] != num_classes:
         raise ValueError(
             f"`class_weight` must have shape [{num_classes}] (one weight per class), got {tuple(weight.shape)}."
         )
-    if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
-        raise ValueError(f"`class_weight` must be finite and >= 0, got {weight.tolist()}.")
+    if not weight.is_floating_point():
+        weight = weight.float()
     positive = weight > 0
     if not bool(positive.any()):
         raise ValueError("`class_weight` must have at least one entry > 0, got all zeros.")
