@@ -331,6 +331,20 @@ def saturated_pair_fraction(
     return torch.where(total > 0, far.to(s.dtype) / total.clamp_min(1), float("nan"))
 
 
+def saturated_threshold_fraction(pairs: Pairs, thresholds: Tensor, width: Tensor, num_classes: int) -> Tensor:
+    r"""Per class, the fraction of (entry, threshold) terms with :math:`|s_i - t_{c,k}| > \mathrm{width}_c`.
+
+    ``pairs`` are the entries of each class (e.g. its positives), ``thresholds [C, K]`` the
+    detached thresholds each entry is compared with, ``width [C]`` ``SATURATION`` times the
+    class's temperature. Classes without entries get ``nan``.
+    """
+    s = pairs.scores.detach().unsqueeze(1)
+    far = (s - thresholds[pairs.cls]).abs() > width[pairs.cls].unsqueeze(1)  # [P, K]
+    n_terms = class_sum(torch.full_like(pairs.weight, thresholds.shape[1]), pairs.cls, num_classes)
+    fraction = safe_divide(class_sum(far.sum(1).to(n_terms.dtype), pairs.cls, num_classes), n_terms)
+    return torch.where(n_terms > 0, fraction, float("nan"))
+
+
 def reduce_classes(
     result: RankingResult, reduction: str, anchor: Tensor, class_weight: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

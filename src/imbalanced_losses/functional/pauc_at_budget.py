@@ -21,6 +21,7 @@ from ._common import (
     row_mask,
     safe_divide,
     saturated_pair_fraction,
+    saturated_threshold_fraction,
     select_pairs,
 )
 from ._pairs import pair_sums
@@ -167,9 +168,7 @@ def pauc_at_budget_core(
     from ..metrics import partial_auc_from_masks
 
     if surrogate == "trapezoid":  # (numerator positive, knot) terms
-        far = (pairs.scores.detach().unsqueeze(1) - knots[pairs.cls]).abs() > SATURATION * tau_safe[pairs.cls, None]
-        n_terms = class_sum(torch.full_like(contrib, n_knots), pairs.cls, c)
-        saturated = safe_divide(class_sum(far.sum(1).to(dtype), pairs.cls, c), n_terms)
+        saturated = saturated_threshold_fraction(pairs, knots, SATURATION * tau_safe, c)
     else:  # (numerator positive, band negative) pairs
         saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
 

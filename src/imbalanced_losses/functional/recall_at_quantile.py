@@ -18,6 +18,7 @@ from ._common import (
     masked_column_quantiles,
     pool_stats,
     safe_divide,
+    saturated_threshold_fraction,
     select_pairs,
 )
 from ._run import run_functional
@@ -51,10 +52,8 @@ def recall_at_quantile_core(
     stats = pool_stats(pool)
     stats["threshold"] = thresholds[0]
     stats["recall"] = recall_at_quantile_from_masks(scores, pos, neg, quantile=quantile, interpolation=interpolation)
-    far = (pairs.scores.detach() - theta[pairs.cls]).abs() > SATURATION * temperature
-    n_pos = class_sum(torch.ones_like(soft_hits), pairs.cls, c)
-    saturated = safe_divide(class_sum(far.to(scores.dtype), pairs.cls, c), n_pos)
-    stats["saturated_fraction"] = torch.where(n_pos > 0, saturated, float("nan"))
+    width = torch.full_like(theta, SATURATION * temperature)
+    stats["saturated_fraction"] = saturated_threshold_fraction(pairs, theta.unsqueeze(1), width, c)
     return RankingResult(1.0 - recall, valid, stats)
 
 
