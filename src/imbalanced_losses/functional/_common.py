@@ -19,10 +19,7 @@ import torch
 from torch import Tensor
 
 from .._validation import (
-    INTERPOLATIONS,
-    REDUCTIONS,
     binary_offenders,
-    check_choice,
     check_finite_logits,
     check_logits,
     check_row_vector,
@@ -370,13 +367,6 @@ def reduce_classes(
         return total, per_class
     den = w.sum()
     return total / torch.where(den > 0, den, torch.ones_like(den)), per_class
-
-
-def check_common(*, reduction: str, quantile_interpolation: str | None = None) -> None:
-    """Validate the string options shared by the functional ranking losses."""
-    check_choice("reduction", reduction, REDUCTIONS)
-    if quantile_interpolation is not None:
-        check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
 
 
 def package(

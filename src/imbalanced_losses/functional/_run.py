@@ -7,10 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
-from .._validation import check_bool
+from .._validation import REDUCTIONS, check_bool, check_choice
 from .._warnings import warn
 from ._classes import check_class_weight, run_on_classes
-from ._common import Pool, RankingResult, check_common, make_pool, package, validate_batch
+from ._common import Pool, RankingResult, make_pool, package, validate_batch
 
 
 def run_functional(
@@ -32,7 +32,7 @@ def run_functional(
     ``core(pool) -> RankingResult`` sees only the classes of non-zero ``class_weight``;
     ``on_result`` (e.g. a warning on degenerate classes) sees the full-width result.
     """
-    check_common(reduction=reduction)
+    check_choice("reduction", reduction, REDUCTIONS)
     check_bool("return_per_class", return_per_class)
     check_bool("return_diagnostics", return_diagnostics)
     logits, ids, weight = validate_batch(

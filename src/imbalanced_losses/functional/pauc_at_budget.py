@@ -8,13 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_float, check_int
+from .._validation import INTERPOLATIONS, check_choice, check_float, check_int
 from .._warnings import warn
 from ._common import (
     SATURATION,
     Pool,
     RankingResult,
-    check_common,
     class_sum,
     masked_column_quantiles,
     pool_stats,
@@ -295,7 +294,7 @@ def pauc_at_budget_loss(
         budget_basis=budget_basis,
     )
     temperature = check_float("temperature", temperature, low=0.0)
-    check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
+    check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
 
     def core(pool: Pool) -> RankingResult:
         n, device = pool.scores.shape[0], pool.scores.device

@@ -8,12 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_float
+from .._validation import INTERPOLATIONS, check_choice, check_float
 from ._common import (
     SATURATION,
     Pool,
     RankingResult,
-    check_common,
     class_sum,
     masked_column_quantiles,
     pool_stats,
@@ -122,7 +121,7 @@ def recall_at_quantile_loss(
     """
     quantile = check_float("quantile", quantile, low=0.0, high=1.0)
     temperature = check_float("temperature", temperature, low=0.0)
-    check_common(reduction=reduction, quantile_interpolation=quantile_interpolation)
+    check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
     return run_functional(
         logits,
         targets,
