@@ -197,7 +197,7 @@ def check_weight_values(w: Tensor, *, validate_args: bool, name: str = "sample_w
 
 def check_finite_logits(logits: Tensor, name: str = "logits") -> None:
     """Raise if the logits (argument ``name``) contain NaN or +-inf (one host synchronisation)."""
-    if logits.numel() > 0 and not bool(torch.isfinite(logits.detach()).all()):
+    if logits.numel() > 0 and not bool(torch.isfinite(logits).all()):  # boolean ops record no graph
         n_bad = int((~torch.isfinite(logits.detach())).sum())
         raise ValueError(
             f"`{name}` must be finite, got {n_bad} NaN or infinite value(s); "
@@ -241,8 +241,21 @@ def binary_offenders(targets: Tensor, ignore_index: int) -> list[float]:
     """Values (up to 8) of binary targets that are neither 0 nor 1 nor ``ignore_index``."""
     if targets.numel() == 0 or targets.dtype == torch.bool:
         return []
+    if not targets.is_floating_point() and binary_range(targets):  # integers in [0, 1]: only 0 and 1
+        return []
     t = targets.detach()
     bad = (t != 0) & (t != 1) & (t != ignore_index)
     if not bool(bad.any()):
         return []
     return [float(v) if t.is_floating_point() else int(v) for v in torch.unique(t[bad])[:8].tolist()]
+
+
+def binary_range(targets: Tensor) -> bool:
+    """Whether the non-empty, non-bool ``targets`` all lie in ``[0, 1]`` (one host synchronisation).
+
+    For integer targets it means every value is 0 or 1: a cheap first test for
+    :func:`binary_offenders` (one ``aminmax`` instead of the five comparisons of the exact
+    check, which only runs when this one fails).
+    """
+    low, high = torch.aminmax(targets.detach())
+    return bool(low >= 0) and bool(high <= 1)

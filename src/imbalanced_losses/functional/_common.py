@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .._validation import (
     binary_offenders,
+    binary_range,
     check_finite_logits,
     check_logits,
     check_row_vector,
@@ -51,17 +52,23 @@ def compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
 
 
-def normalize_targets(targets: Tensor, *, num_classes: int, ignore_index: int, validate_args: bool) -> Tensor:
+def normalize_targets(
+    targets: Tensor, *, num_classes: int, ignore_index: int, validate_args: bool, binary01: bool = False
+) -> Tensor:
     """Map raw targets to ``int64`` ids, ``ignore_index`` kept.
 
     * multi-class (``[M]``, ``num_classes > 1``): class ids in ``[0, C)``;
     * binary (``num_classes == 1``): ``{0, 1}``, every non-zero target counts as a positive;
     * multi-label (``[M, C]``): cells in ``{0, 1}``, one column per class (one-vs-rest).
+
+    ``binary01`` promises ``[M]`` ``int64`` targets already in ``{0, 1}`` (returned as they are).
     """
     if targets.ndim == 2:
         return to_multi_hot(targets, ignore_index=ignore_index, validate_args=validate_args)
     if num_classes > 1:
         return to_class_ids(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
+    if binary01:  # already int64 ids in {0, 1}: mapping them would copy them unchanged
+        return targets
     ignored = targets == ignore_index
     ids = (targets != 0).long()
     return ids.masked_fill(ignored, ignore_index)
@@ -133,9 +140,12 @@ def validate_batch(
     n, c = logits.shape
     targets = check_targets(targets, n, c)
     weight = check_sample_weight(sample_weight, n, validate_args=validate_args)
+    binary01 = False
     if validate_args:
         check_finite_logits(logits, name)
-        offenders = binary_offenders(targets, ignore_index) if c == 1 else []
+        # The common binary case (int64 ids 0 and 1) needs neither the exact target check nor a mapping.
+        binary01 = c == 1 and targets.ndim == 1 and targets.dtype == torch.int64 and n > 0 and binary_range(targets)
+        offenders = binary_offenders(targets, ignore_index) if c == 1 and not binary01 else []
         if offenders:
             warn("binary_targets", binary_target_message(offenders))
         if weight is not None and n > 0 and not bool(weight.any()):
@@ -144,7 +154,9 @@ def validate_batch(
                 "`sample_weight` is entirely zero: every class has zero positive weight and the loss "
                 "falls through to its degenerate (zero) value.",
             )
-    ids = normalize_targets(targets, num_classes=c, ignore_index=ignore_index, validate_args=validate_args)
+    ids = normalize_targets(
+        targets, num_classes=c, ignore_index=ignore_index, validate_args=validate_args, binary01=binary01
+    )
     return logits, ids, weight
 
 
@@ -348,25 +360,28 @@ def reduce_classes(
     r"""Reduce a per-class result over its valid classes.
 
     Returns ``(loss, per_class)``: ``per_class`` is ``[C]`` with ``nan`` for invalid classes;
-    ``loss`` is that vector for ``'none'``, otherwise the sum or mean over the valid classes
-    :math:`V`, weighted by ``class_weight`` :math:`w` when given:
-    :math:`\sum_{c \in V} w_c L_c` (``'sum'``) and
-    :math:`\sum_{c \in V} w_c L_c / \sum_{c \in V} w_c` (``'mean'``). When no class is valid
-    the scalar is a zero still connected to ``anchor``'s graph.
+    ``loss`` is that vector for ``'none'``, otherwise :func:`reduce_valid`.
     """
-    nan = torch.full_like(result.loss, float("nan"))
-    per_class = torch.where(result.valid, result.loss, nan)
-    if reduction == "none":
-        return per_class, per_class
-    zero = torch.zeros_like(result.loss)
+    per_class = torch.where(result.valid, result.loss, float("nan"))
+    return per_class if reduction == "none" else reduce_valid(result, reduction, anchor, class_weight), per_class
+
+
+def reduce_valid(result: RankingResult, reduction: str, anchor: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    r"""The sum (``'sum'``) or mean (``'mean'``) of a per-class result over its valid classes :math:`V`.
+
+    Weighted by ``class_weight`` :math:`w` when given: :math:`\sum_{c \in V} w_c L_c` and
+    :math:`\sum_{c \in V} w_c L_c / \sum_{c \in V} w_c`. When no class is valid the scalar is a
+    zero still connected to ``anchor``'s graph (``anchor``'s sum enters with weight 0, so a
+    non-finite ``anchor`` still shows).
+    """
     w = result.valid.to(result.loss.dtype)
     if class_weight is not None:
         w = w * class_weight.to(device=w.device, dtype=w.dtype)
-    total = (torch.where(result.valid, result.loss, zero) * w).sum() + anchor.sum() * 0.0
+    total = torch.add((torch.where(result.valid, result.loss, 0.0) * w).sum(), anchor.sum(), alpha=0.0)
     if reduction == "sum":
-        return total, per_class
+        return total
     den = w.sum()
-    return total / torch.where(den > 0, den, torch.ones_like(den)), per_class
+    return total / torch.where(den > 0, den, 1.0)
 
 
 def package(
@@ -383,7 +398,10 @@ def package(
     ``loss``; ``(loss, per_class, valid)`` with ``return_per_class``; ``(loss, stats)`` with
     ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
     """
-    loss, per_class = reduce_classes(result, reduction, anchor, class_weight)
+    if return_per_class or reduction == "none":
+        loss, per_class = reduce_classes(result, reduction, anchor, class_weight)
+    else:  # the per-class vector is not returned: not built
+        loss = per_class = reduce_valid(result, reduction, anchor, class_weight)
     if torch.is_grad_enabled() and not loss.requires_grad:
         # Logits without a graph (e.g. a quick check on torch.randn): the loss is a constant, but
         # `loss.backward()` must still work, as it does for a model's output.

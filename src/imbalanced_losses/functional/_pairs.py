@@ -26,8 +26,9 @@ being at most 1 (farther cells contribute less than :math:`e^{-(N+1)K}`).
 Because the objective :math:`v` is known in the forward pass, the gradient is formed there
 too (block by block for the window, by the same prefix sums for the tails) and saved as one
 ``[C, M]`` tensor. Extra memory is ``O(M C)`` plus one chunk of at most ``CHUNK`` pair terms.
-Problems with at most ``DENSE_MAX`` (query, row) pairs skip all this: every pair is evaluated
-at once with plain autograd, which has less fixed cost.
+Problems with at most ``DENSE_MAX`` (query, key) pairs skip the windows and tails: every
+pair is one term of a single block (:func:`_dense`), with the same analytic gradient and far
+less fixed cost (small pools are dominated by per-operation overhead, not arithmetic).
 
 Defaults (``K``, ``N``): ``(8, 2)`` in float32 and ``(10, 3)`` in float64, i.e. a truncation
 error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
@@ -43,15 +44,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import entries
-
 #: Queries per window block.
 BLOCK = 32
 #: Maximum number of pair terms evaluated at once (bounds the transient memory).
 CHUNK = 1 << 20
 #: Keys per step when the tails' gradient is pushed to the keys (bounds the temporaries).
 ITEMS = 1 << 15
-#: Up to this many (padded query, pool row) pairs, every pair is evaluated with plain autograd (less fixed cost).
+#: Up to this many (padded query, key) pairs, every pair is evaluated in one block (less fixed cost).
 DENSE_MAX = 1 << 20
 
 #: ``objective(R [..., J] float64, params [..., P] float64) -> (value [...], dvalue/dR [..., J])``
@@ -216,25 +215,40 @@ def _chunks(lengths: list[int], width: int) -> list[tuple[int, int]]:
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:
-    """``torch.bmm``, except for small operands, where a broadcast product avoids the BLAS call.
+    """``torch.bmm(a, b)`` for ``a [n, R, K]`` and a narrow ``b [n, K, J]`` (a few columns ``J``).
 
-    Tiny BLAS calls spawn a parallel region; on a busy machine that can stall for a scheduler
-    time slice (milliseconds), far more than the arithmetic.
+    Computed as ``(b^T a^T)^T`` with ``b^T`` made contiguous (a copy of ``J K`` values): BLAS
+    is several times slower on a row-major ``b`` with so few columns (the result is a
+    transposed view; the sums may differ from a plain ``bmm`` in the last bit). With several
+    threads, small operands use a broadcast product instead: tiny BLAS calls then spawn a
+    parallel region, and on a busy machine that can stall for a scheduler time slice
+    (milliseconds), far more than the arithmetic.
     """
-    if a.numel() > 1 << 15:
-        return torch.bmm(a, b)
-    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
+    if a.numel() <= 1 << 15 and torch.get_num_threads() > 1:
+        return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
+    return torch.bmm(b.transpose(1, 2).contiguous(), a.transpose(1, 2)).transpose(1, 2)
 
 
-def _zero_slots(x: Tensor, slot: Tensor) -> None:
+def _zero_slots(x: Tensor, slot: Tensor, *, in_range: bool = False) -> None:
     """Set ``x[i, j, slot[i, j]] = 0`` in place where ``0 <= slot < x.shape[2]`` (other slots: no pair).
 
     ``O(n B)`` gather/scatter with static shapes: no host synchronisation, nothing for
     ``torch.compile`` to break on, and no pass over the whole ``[n, B, L]`` block.
+    ``in_range`` promises that every slot is in range (a plain scatter then does).
     """
+    if in_range:
+        x.scatter_(2, slot.unsqueeze(2), 0.0)
+        return
     own = ((slot >= 0) & (slot < x.shape[2])).unsqueeze(2)
     idx = torch.where(own, slot.unsqueeze(2), 0)
     x.scatter_(2, idx, torch.where(own, 0.0, x.gather(2, idx)))
+
+
+class Own(NamedTuple):
+    """Key slot of each query's own pair: ``slot [C, Lq]`` long, ``-1`` or out of range where none."""
+
+    slot: Tensor
+    in_range: bool  # every slot is a real key slot (a plain scatter zeroes them)
 
 
 def _block_terms(
@@ -242,30 +256,33 @@ def _block_terms(
     sq: Tensor,
     tau: Tensor,
     mask: Tensor,
-    base: Tensor,
+    base: Tensor | None,
     params: Tensor,
     objective: Objective,
     work: Tensor,
-    self_slot: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Evaluate every (query, key) pair of ``n`` blocks exactly: sums and their gradient.
+    own: Own | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Evaluate every (query, key) pair of ``n`` blocks exactly: sums, objective and their gradient.
 
     Args:
-        sk: ``[n, L]`` raw key scores, ``-inf`` on unused slots.
+        sk: ``[n, L]`` raw key scores, ``-inf`` on unused slots (or any finite value there
+            when ``mask`` is 0 on them).
         sq: ``[n, B]`` raw query scores.
         tau: ``[n]`` temperature of each block's class.
         mask: ``[n, L, J]`` channel weights of the keys (0 on unused slots).
-        base: ``[n, B, J]`` float64 contribution of the pairs outside the blocks (tails).
+        base: ``[n, B, J]`` float64 contribution of the pairs outside the blocks (tails), or
+            ``None`` when every pair is inside.
         params: ``[n, B, P]`` objective parameters of the queries.
         objective: See :data:`Objective`.
         work: A buffer of at least ``2 n B L`` elements.
-        self_slot: ``[n, B]`` long, the key slot holding the query itself (``-1``/out of range
-            if none). That pair's sigmoid (1/2) is summed, but its derivative is left out: the
-            query- and key-side terms cancel exactly, and adding them in float32 only adds noise.
+        own: The key slot holding each query itself (see :class:`Own`), or ``None`` if no
+            query is a key. That pair's sigmoid (1/2) is summed, but its derivative is left
+            out: the query- and key-side terms cancel exactly, and adding them in float32 only
+            adds noise.
 
     Returns:
-        ``(sums [n, B, J], grad_query [n, B], grad_key [n, L])``; the gradients are those of
-        the objective with respect to ``z = s / tau``.
+        ``(sums [n, B, J], value [n, B] float64, grad_query [n, B], grad_key [n, L])``; the
+        gradients are those of the objective with respect to ``z = s / tau``.
     """
     n, b, span = sq.shape[0], sq.shape[1], sk.shape[1]
     # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
@@ -275,13 +292,14 @@ def _block_terms(
     torch.neg(sig, out=flip).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
     sig.sigmoid_()
     sums = _bmm(sig, mask)
-    _, slope = objective(sums.double() + base, params)
+    value, slope = objective(sums.double() if base is None else sums.double() + base, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
-    _zero_slots(sig, self_slot)
+    if own is not None:
+        _zero_slots(sig, own.slot, in_range=own.in_range)
     grad_query = -(_bmm(sig, mask) * slope).sum(2)
     grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
-    return sums, grad_query, grad_key
+    return sums, value, grad_query, grad_key
 
 
 def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_size: int) -> Tensor:
@@ -298,21 +316,24 @@ def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_si
 def _pack(mask_t: Tensor, width: int) -> Tensor:
     """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots)."""
     c, m = mask_t.shape
+    if c == 1:  # no padding: `nonzero` is the whole answer, in two operations instead of eight
+        return mask_t.nonzero()[:, 1].unsqueeze(0)
     slot = torch.where(mask_t, mask_t.cumsum(1) - 1, width)
     rows = torch.zeros(c, width + 1, dtype=torch.long, device=mask_t.device)
     return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
 
 
 @functools.cache
-def _untraced_windowed() -> Callable[..., Any]:
-    """:func:`_windowed` excluded from ``torch.compile`` tracing.
+def _untraced(kernel: Kernel) -> Kernel:
+    """``kernel`` (:func:`_windowed` or :func:`_dense`) excluded from ``torch.compile`` tracing.
 
-    The kernel is host-planned (data-dependent blocks and chunks): Dynamo would only split it
-    into many graph-broken fragments, slower than eager, and inductor miscompiles the views of
-    its reused work buffer. Wrapped on first use under compilation, so that importing the
-    library does not import ``torch._dynamo`` (about a second).
+    The windowed kernel is host-planned (data-dependent blocks and chunks): Dynamo would only
+    split it into many graph-broken fragments, slower than eager; and inductor miscompiles the
+    views of the reused work buffer of :func:`_block_terms`, which both kernels use. Wrapped on
+    first use under compilation, so that importing the library does not import
+    ``torch._dynamo`` (about a second).
     """
-    return torch.compiler.disable(_windowed)
+    return torch.compiler.disable(kernel)
 
 
 def _windowed(
@@ -322,9 +343,12 @@ def _windowed(
     queries: SortedRows,
     params: Tensor,
     objective: Objective,
-    pool_size: int,
+    own: Own | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sorted windows plus exponential tails; returns ``(value, ratios, grad_key, grad_query)`` (``z`` units)."""
+    """Sorted windows plus exponential tails; returns ``(value, ratios, grad_key, grad_query)`` (``z`` units).
+
+    ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key.
+    """
     dtype, device = keys.values.dtype, keys.values.device
     c = tau.shape[0]
     half_width, order = window_and_order(dtype)
@@ -336,7 +360,7 @@ def _windowed(
     lk, lq, n_ch = zk.shape[1], zq.shape[1], key_mask.shape[2]
     plan = _plan(SortedRows(zk, keys.rows, keys.sizes), SortedRows(zq, queries.rows, queries.sizes), half_width)
     nb = lq // BLOCK
-    self_blocks = _self_slots(keys.rows, keys.sizes, queries.rows, pool_size).view(c * nb, BLOCK)
+    self_blocks = None if own is None else own.slot.view(c * nb, BLOCK)
     lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
     hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
 
@@ -377,7 +401,7 @@ def _windowed(
         inside = offsets < lengths[sel].unsqueeze(1)  # [nb', span]
         flat = (sel // nb * lk + plan.lo.flatten()[sel]).unsqueeze(1) + offsets
         flat = torch.where(inside, flat, torch.zeros_like(flat))
-        sums[sel], grad_q[sel], key_grad = _block_terms(
+        sums[sel], _, grad_q[sel], key_grad = _block_terms(
             sk_flat[flat].masked_fill(~inside, float("-inf")),
             sq_blocks[sel],
             tau[sel // nb],
@@ -386,7 +410,7 @@ def _windowed(
             param_blocks[sel],
             objective,
             work,
-            self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1),
+            None if self_blocks is None else Own(self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1), False),
         )
         grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
 
@@ -395,6 +419,40 @@ def _windowed(
     grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
     grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width).flatten()
     return value, ratios, grad_k.view(c, lk).to(dtype), grad_q
+
+
+def _dense(
+    tau: Tensor,
+    keys: SortedRows,
+    key_mask: Tensor,
+    queries: SortedRows,
+    params: Tensor,
+    objective: Objective,
+    own: Own | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every (query, key) pair at once, as one :func:`_block_terms` block per class.
+
+    Same inputs and outputs as :func:`_windowed`, but keys and queries need not be sorted;
+    ``C * Lq * Lk`` pair terms are held at once.
+    """
+    c, lq, lk = tau.shape[0], queries.values.shape[1], keys.values.shape[1]
+    work = keys.values.new_empty(2 * c * lq * lk)
+    sums, value, grad_q, grad_k = _block_terms(
+        keys.values,
+        queries.values,
+        tau,
+        key_mask.to(keys.values.dtype),
+        None,
+        params,
+        objective,
+        work,
+        own,
+    )
+    return value, sums.double(), grad_k, grad_q
+
+
+#: ``kernel(tau, keys, key_mask, queries, params, objective, own) -> (value, ratios, grad_key, grad_query)``
+Kernel = Callable[[Tensor, SortedRows, Tensor, SortedRows, Tensor, Objective, "Own | None"], tuple[Tensor, ...]]
 
 
 class _PairSums(torch.autograd.Function):
@@ -408,22 +466,27 @@ class _PairSums(torch.autograd.Function):
         queries: SortedRows,
         params: Tensor,
         objective: Objective,
+        own: Own | None,
+        dense: bool,
+        pool_keys: bool,
     ) -> tuple[Tensor, Tensor]:
-        windowed = _untraced_windowed() if torch.compiler.is_compiling() else _windowed
-        value, ratios, grad_k, grad_q = windowed(tau, keys, key_mask, queries, params, objective, scores.shape[0])
-        c, m = tau.shape[0], scores.shape[0]
-        grad = torch.zeros(c * m, dtype=scores.dtype, device=scores.device)  # flat [C, M]
-        base = torch.arange(c, device=scores.device).unsqueeze(1) * m
-        grad.index_add_(0, (keys.rows + base).flatten(), grad_k.flatten())  # index_add: see `entries`
-        grad.index_add_(0, (queries.rows + base).flatten(), grad_q.flatten())
-        ctx.save_for_backward(grad.view(c, m) / tau.unsqueeze(1))
+        kernel: Kernel = _dense if dense else _windowed
+        if torch.compiler.is_compiling():
+            kernel = _untraced(kernel)
+        value, ratios, grad_k, grad_q = kernel(tau, keys, key_mask, queries, params, objective, own)
+        # Gradient per pool row, [C, M]. With `pool_keys` the keys are the pool rows in order.
+        grad = (
+            grad_k if pool_keys else grad_k.new_zeros(tau.shape[0], scores.shape[0]).scatter_add_(1, keys.rows, grad_k)
+        )
+        grad.scatter_add_(1, queries.rows, grad_q)
+        ctx.save_for_backward(grad / tau.unsqueeze(1))
         ctx.mark_non_differentiable(ratios)
         return value.sum(1).to(scores.dtype), ratios
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor, _unused: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return (grad * grad_out.unsqueeze(1)).t(), None, None, None, None, None, None
+        return (grad * grad_out.unsqueeze(1)).t(), None, None, None, None, None, None, None, None, None
 
 
 def _key_tail_grad(
@@ -465,11 +528,15 @@ def _query_params(rows: Tensor, sizes: Tensor, weight: Tensor | None, class_para
 
 
 class PairResult(NamedTuple):
-    """Output of :func:`pair_sums`, one entry per query (class-major, any order within a class)."""
+    """Output of :func:`pair_sums`: per-class sums and, per query slot, the key sums.
+
+    Query slots are class-major, in any order within a class; slots past a class's queries are
+    padding (``query_valid`` False).
+    """
 
     per_class: Tensor  # [C] objective sums (carries the gradient)
-    ratios: Tensor  # [P, J] float64 key sums R of each query (no gradient)
-    query_class: Tensor  # [P] long class of each query
+    ratios: Tensor  # [C, Lq, J] float64 key sums R of each query slot (no gradient)
+    query_valid: Tensor  # [C, Lq] bool: the slot holds a real query
 
 
 def pair_sums(
@@ -485,9 +552,10 @@ def pair_sums(
 ) -> PairResult:
     r"""Per-class objective :math:`\sum_i v(R_{c,i}, \theta_{c,i})` with an analytic, memory-bounded gradient.
 
-    Small problems (at most :data:`DENSE_MAX` padded query-row pairs) evaluate every pair with plain
-    autograd; larger ones use the sorted windows and exponential tails, whose gradient is formed
-    in the forward pass, so nothing of size ``[|P|, M]`` is kept for backward.
+    Small problems (at most :data:`DENSE_MAX` padded query-key pairs) evaluate every pair at
+    once (:func:`_dense`); larger ones use the sorted windows and exponential tails
+    (:func:`_windowed`). Both form the gradient in the forward pass, so nothing of size
+    ``[|P|, M]`` is kept for backward and the backward pass is a single product.
 
     Args:
         scores: ``[M, C]`` pool scores (the only input that receives a gradient).
@@ -500,97 +568,45 @@ def pair_sums(
         objective: Receives ``R [..., J]`` and ``params [..., 1 + P]`` = (query weight, class
             constants), the weight being 0 on padding slots, where the slope must vanish.
         queries_are_keys: Whether a query can also be a key of its class (Smooth-AP); its pair
-            with itself then contributes ``sigma(0)`` but no derivative.
+            with itself then contributes ``sigma(0)`` but no derivative. ``False`` promises
+            that no query is a key of its class.
 
     Returns:
         A :class:`PairResult`; ``ratios`` are :math:`R_{c,i,J} = \sum_j m_{j,J} \sigma(z_j - q_i)`.
     """
-    c, device = scores.shape[1], scores.device
+    (m, c), device = scores.shape, scores.device
+    s_t = scores.detach().t()
     query_t = query_mask.t()
     nq = query_t.sum(1)
     key_t = key_channels.any(2).t()
     nk = key_t.sum(1)
-    lq, lk = torch.stack([nq.max(), nk.max()]).tolist()
-    if c * lq * lk <= DENSE_MAX:
-        key_rows = None if lk == scores.shape[0] and int(nk.min()) == lk else _pack(key_t, lk)
-        query_rows = _pack(query_t, lq)
-        return _dense_pair_sums(
-            scores, tau, key_channels, key_rows, nk, query_rows, nq, weight, class_params, objective, queries_are_keys
+    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
+    dense = c * lq * lk <= DENSE_MAX
+    # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
+    all_keys = dense and lk == m and nk_min == m
+    if dense:
+        queries = _gathered(s_t, _pack(query_t, lq), nq)
+        keys = (
+            _gathered(s_t, _pack(key_t, lk), nk)
+            if not all_keys
+            else SortedRows(s_t, torch.arange(m, device=device).expand(c, m), nk)
         )
-    s_t = scores.detach().t()
-    keys = sorted_rows(s_t, key_t, nk, lk)
-    queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
-    key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
-    n_ch = key_channels.shape[2]
-    key_mask = key_channels.permute(1, 0, 2).gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch))
-    key_mask &= key_valid.unsqueeze(2)
-    query_valid, params = _query_params(queries.rows, nq, weight, class_params)
-    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective)
-    query_class = torch.arange(c, device=device).unsqueeze(1).expand_as(query_valid)[query_valid]
-    return PairResult(per_class, ratios[query_valid], query_class)
-
-
-class _PairSigmoid(torch.autograd.Function):
-    """``sigmoid(d)`` for ``d [C, Lq, Lk]`` with an exact derivative, and none for each query's own pair.
-
-    The derivative is ``sigmoid(d) sigmoid(-d)``, which keeps its relative precision where
-    ``sigma (1 - sigma)`` rounds to 0. The pair of a query with itself (key slot ``own [C, Lq]``,
-    ``-1`` if none) gets no derivative: its query- and key-side terms cancel exactly, and
-    summing them only adds noise.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, d: Tensor, own: Tensor | None) -> Tensor:
-        sig = torch.sigmoid(d)
-        ctx.own = own
-        ctx.save_for_backward(d, sig)
-        return sig
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        d, sig = ctx.saved_tensors
-        out = torch.sigmoid(-d).mul_(sig).mul_(grad)
-        if ctx.own is not None:
-            _zero_slots(out, ctx.own)
-        return out, None
-
-
-def _dense_pair_sums(
-    scores: Tensor,
-    tau: Tensor,
-    key_channels: Tensor,
-    key_rows: Tensor | None,
-    key_sizes: Tensor,
-    query_rows: Tensor,
-    query_sizes: Tensor,
-    weight: Tensor | None,
-    class_params: Tensor,
-    objective: Objective,
-    queries_are_keys: bool,
-) -> PairResult:
-    """Every (query, key) pair at once, with autograd: ``[C, Lq, Lk]`` terms, at most :data:`DENSE_MAX`.
-
-    Queries (and keys, unless every row is a key of every class: ``key_rows=None``) are packed
-    per class in pool order; scores are read with ``entries`` so that no backward scatters.
-    """
-    c, lq = query_rows.shape
-    device = scores.device
-    cls = torch.arange(c, device=device).unsqueeze(1)
-    query_valid, params = _query_params(query_rows, query_sizes, weight, class_params)
-    sq = entries(scores, query_rows.flatten(), cls.expand(c, lq).flatten()).view(c, lq, 1)
-    channels = key_channels.permute(1, 0, 2)  # [C, M, J]
-    own = query_rows if queries_are_keys else None  # key slot of each query's own pair
-    if key_rows is None:  # every row is a key: use the pool as it is
-        sk = scores.t().unsqueeze(1)
     else:
-        lk = key_rows.shape[1]
-        sk = entries(scores, key_rows.flatten(), cls.expand(c, lk).flatten()).view(c, 1, lk)
-        valid = torch.arange(lk, device=device) < key_sizes.unsqueeze(1)
-        channels = channels.gather(1, key_rows.unsqueeze(2).expand(-1, -1, channels.shape[2]))
-        channels = channels & valid.unsqueeze(2)
-        if queries_are_keys:
-            own = _self_slots(key_rows, key_sizes, query_rows, scores.shape[0])
-    sig = _PairSigmoid.apply((sk - sq) / tau.view(c, 1, 1), own)  # [C, Lq, Lk]
-    r = _bmm(sig, channels.to(sig.dtype)).double()  # [C, Lq, J]
-    value, _ = objective(r, params)
-    return PairResult(value.sum(1).to(scores.dtype), r.detach()[query_valid], cls.expand(c, lq)[query_valid])
+        keys = sorted_rows(s_t, key_t, nk, lk)
+        queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
+    n_ch = key_channels.shape[2]
+    key_mask = key_channels.permute(1, 0, 2)  # [C, M, J]
+    if not all_keys:
+        key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
+        key_mask = key_mask.gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch)) & key_valid.unsqueeze(2)
+    own = None
+    if queries_are_keys:  # with every row a key, a query's own key slot is its row
+        own = Own(queries.rows, True) if all_keys else Own(_self_slots(keys.rows, keys.sizes, queries.rows, m), False)
+    query_valid, params = _query_params(queries.rows, nq, weight, class_params)
+    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective, own, dense, all_keys)
+    return PairResult(per_class, ratios, query_valid)
+
+
+def _gathered(s_t: Tensor, rows: Tensor, sizes: Tensor) -> SortedRows:
+    """The scores ``s_t [C, M]`` of the packed ``rows [C, L]`` (pool order, not sorted)."""
+    return SortedRows(s_t.gather(1, rows), rows, sizes)

@@ -158,9 +158,6 @@ def pauc_at_budget_core(
             queries_are_keys=False,
         )
         pauc = out.per_class
-        # Each positive's share of the band negatives below it.
-        v_cls = out.query_class
-        v = (1.0 - out.ratios[:, 0] * inv_band.double()[v_cls]).to(dtype)
 
     if not diagnostics:
         return RankingResult(1.0 - pauc, valid, None, degenerate)
@@ -170,6 +167,9 @@ def pauc_at_budget_core(
         saturated = saturated_threshold_fraction(pairs, knots, SATURATION * tau_safe, c)
     else:  # (numerator positive, band negative) pairs
         saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
+        # Each positive's share of the band negatives below it.
+        v_cls = torch.arange(c, device=s.device).unsqueeze(1).expand_as(out.query_valid)[out.query_valid]
+        v = (1.0 - out.ratios[..., 0] * inv_band.double().unsqueeze(1))[out.query_valid].to(dtype)
 
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {
