@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test pytest lint docs format clean
+.PHONY: demo test pytest lint docs package format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/coverage_at_budget_demo.py --quick
 
-test: $(STAMP) lint pytest docs
+test: $(STAMP) lint pytest docs package
 
 pytest: $(STAMP)
 	$(PY) -m pytest
@@ -29,6 +29,10 @@ lint: $(STAMP)
 # The documentation site (mkdocs-material + mkdocstrings), built with --strict: any warning fails.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# sdist + wheel, the wheel installed in a clean venv, the user's page run against it (~30 s).
+package: $(STAMP)
+	PY=$(PY) bash tools/check_package.sh
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix src tests examples benchmarks docs/_ext

@@ -14,8 +14,8 @@ interpreter and, with ``--incumbent-python``, under another installation's inter
 only), with a wall-clock timeout and an RSS watchdog per configuration, prints a markdown table
 with ratios and writes JSON::
 
-    .venv/bin/python benchmarks/bench.py --preset quick --incumbent-python /tmp/incumbent/bin/python
-    .venv/bin/python benchmarks/bench.py --preset targets --incumbent-python /tmp/incumbent/bin/python \\
+    .venv/bin/python benchmarks/bench.py --preset quick --incumbent-python $INC/bin/python
+    .venv/bin/python benchmarks/bench.py --preset targets --incumbent-python $INC/bin/python \\
         --out benchmarks/results/targets.json --check-targets
     .venv/bin/python benchmarks/bench.py check benchmarks/results/targets.json
     .venv/bin/python benchmarks/bench.py table benchmarks/results/targets.json
@@ -990,7 +990,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("--preset", choices=sorted(PRESET_DEFAULTS), default="targets")
     run.add_argument("--only", help="regex on the config key or target id (e.g. 'T5|T6', 'smooth_ap.*C=10')")
     run.add_argument("--python", default=sys.executable, help="interpreter for our package (default: this one)")
-    run.add_argument("--incumbent-python", help="the other installation's interpreter, e.g. /tmp/incumbent/bin/python")
+    run.add_argument("--incumbent-python", help="the other installation's interpreter, e.g. $INC/bin/python")
     run.add_argument("--skip-ours", action="store_true", help="run the incumbent side only")
     run.add_argument(
         "--reuse-incumbent", metavar="JSON", help="take incumbent results from an earlier run instead of rerunning"

@@ -95,9 +95,10 @@ class LossWarmupWrapper(nn.Module):
         UserWarning: At construction if ``main_loss`` has no ``temperature`` (no schedule) or
             ``reset_queue_each_epoch=True`` but it has no ``reset_queue()``; once per instance
             if the main phase runs before ``on_train_batch_start`` was ever called (the
-            temperature schedule would never run); once per instance, in epoch mode, after
-            100 training-mode forward calls in the warm-up without any ``on_train_epoch_start``
-            call (the warm-up would never end). Warnings point at the caller's line.
+            temperature schedule would never run); once per instance after 100 training-mode
+            forward calls in the warm-up without any call of the hook that advances it
+            (``on_train_epoch_start`` in epoch mode, ``on_train_batch_start`` in step mode), as
+            the warm-up would then never end. Warnings point at the caller's line.
 
     Note:
         Behaviour that is ours rather than ``imbalanced-losses`` 0.6's: argument *types* are

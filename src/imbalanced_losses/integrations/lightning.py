@@ -24,7 +24,7 @@ from ..warmup_wrapper import LossWarmupWrapper
 
 try:
     from lightning.pytorch import Callback
-except ImportError:  # pragma: no cover - exercised only without the `lightning` package
+except ImportError:  # without `lightning`: tests/test_integrations_import.py
     try:
         from pytorch_lightning import Callback  # type: ignore[assignment]
     except ImportError as exc:
