@@ -343,6 +343,32 @@ def test_functional_half_precision_matches_float32(name: str, task: str, mode: s
     _check_grad(logits.grad, ref_logits.grad, source.dtype)
 
 
+@pytest.mark.parametrize("api", ["module", "functional"])
+@pytest.mark.parametrize("name", list(RANKING))
+def test_float16_logits_whose_sum_overflows_float16(name: str, api: str) -> None:
+    # Every logit is finite (about 100), but 1,024 x 3 of them sum far past float16's 65504: the
+    # loss must still be the float32 loss, not a NaN from the zero-weight graph anchor. The
+    # module runs the unweighted reduction, the function the class-weighted one.
+    factory, fn, _ = RANKING[name]
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(1024, 3, generator=g) * 5 + 100).half().requires_grad_()
+    targets = torch.randint(0, 3, (1024,), generator=g)
+    assert torch.isinf(logits.detach().sum())
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        if api == "module":
+            return factory(3)(x, targets)  # a fresh instance: an empty queue for both inputs
+        return fn(x, targets, class_weight=[1.0, 2.0, 0.5])
+
+    ref_logits = logits.detach().float().requires_grad_()
+    loss, ref = loss_of(logits), loss_of(ref_logits)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref, **LOSS_TOL)
+    loss.backward()
+    ref.backward()
+    _check_grad(logits.grad, ref_logits.grad, torch.float16)
+
+
 # ----------------------------------------------------------------------------------------------
 # LossWarmupWrapper around a ranking loss: warm-up, blend and main phases
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from .functional._common import (
     validate_batch,
 )
 
-#: ``core(pool, iid [M] bool, live [M] bool) -> RankingResult``
+#: ``core(pool, iid [M] bool or None, live [M] bool or None) -> RankingResult`` (``None``: every row)
 Core = Callable[..., RankingResult]
 
 
@@ -121,7 +121,7 @@ class RankingLoss(nn.Module):
                 f"`iid_mask` (the third positional argument) must be a [N] tensor or None, got {iid_mask!r}; "
                 "pass flags by keyword, e.g. return_per_class=True."
             )
-        logits, ids, weight = validate_batch(
+        logits, ids, weight, all_kept = validate_batch(
             logits,
             targets,
             sample_weight,
@@ -132,21 +132,29 @@ class RankingLoss(nn.Module):
         )
         n = logits.shape[0]
         iid = check_row_vector("iid_mask", iid_mask, n)
-        iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid.detach().bool()
+        iid = None if iid is None else iid.detach().bool()
         if weight is not None:
             weight = weight.to(device=logits.device, dtype=compute_dtype(logits))
         local_ids = ids
 
         gathered = resolve_gather(self.gather_distributed)
         if gathered:  # the local slice of `logits` gets the world-size gradient factor (D2)
+            # Every rank must gather the same tensors: a default mask is materialised.
+            iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid
             logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
 
         merged = self._queue.merge(logits, ids, iid, weight)
-        rows = kept_rows(merged.targets, ignore_index).nonzero().squeeze(1)
-        if self.max_pool_size is not None and rows.numel() > self.max_pool_size:
+        size = merged.targets.shape[0]
+        # Rows to keep; None = all of them, known without a look at the targets when the batch
+        # has no ignore_index row (see validate_batch) and there is neither a queue nor a gather.
+        rows = None
+        if not (all_kept and not gathered and self._queue.capacity == 0):
+            rows = kept_rows(merged.targets, ignore_index).nonzero().squeeze(1)
+        kept = size if rows is None else rows.numel()
+        if self.max_pool_size is not None and kept > self.max_pool_size:
             self._warn_once(
                 "subsample",
-                f"{type(self).__name__}: the pool has {rows.numel()} rows, more than max_pool_size="
+                f"{type(self).__name__}: the pool has {kept} rows, more than max_pool_size="
                 f"{self.max_pool_size}; minimum-quota subsampling is applied and the loss is now stochastic. "
                 "(Shown once.)",
             )
@@ -154,20 +162,28 @@ class RankingLoss(nn.Module):
             # user generator they agree on a seed (one broadcast) to keep the same rows (D8).
             generator = self.generator
             if generator is None and gathered:
-                generator = shared_generator(rows.device)
+                generator = shared_generator(merged.targets.device)
+            if rows is None:
+                rows = torch.arange(size, device=merged.targets.device)
             rows = rows[minimum_quota_indices(merged.targets[rows], self.max_pool_size, generator)]
-        if rows.numel() < merged.targets.shape[0]:
+            kept = rows.numel()
+        if rows is not None and rows.numel() < size:
             merged = Merged(*(None if t is None else t.index_select(0, rows) for t in merged))  # type: ignore[arg-type]
         pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index)
 
         def run(p: Pool) -> RankingResult:
             out = core(p, merged.iid, merged.is_live)
             if out.stats is not None:  # the stored rows each class of this call used
-                out.stats["queue_fill"] = ((p.pos | p.neg) & ~merged.is_live.unsqueeze(1)).sum(0)
+                is_live = merged.is_live
+                out.stats["queue_fill"] = (
+                    p.pos.new_zeros(p.pos.shape[1], dtype=torch.long)
+                    if is_live is None
+                    else ((p.pos | p.neg) & ~is_live.unsqueeze(1)).sum(0)
+                )
             return out
 
         result = run_on_classes(run, pool, self._class_weights())
-        if rows.numel() > 0 and (self.training or self.update_queue_in_eval):
+        if kept > 0 and (self.training or self.update_queue_in_eval):
             self._queue.enqueue(logits, ids, iid, weight)
         return result, local_ids
 

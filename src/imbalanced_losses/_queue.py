@@ -15,9 +15,9 @@ class Merged(NamedTuple):
 
     logits: Tensor  # [N + Q, C]
     targets: Tensor  # [N + Q] int64
-    iid: Tensor  # [N + Q] bool
+    iid: Tensor | None  # [N + Q] bool; None (every row iid) only without a queue
     weight: Tensor | None  # [N + Q] or None when no row (live or stored) carries a weight
-    is_live: Tensor  # [N + Q] bool, True for the first N rows
+    is_live: Tensor | None  # [N + Q] bool, True for the first N rows; None (all live) without a queue
 
 
 class MemoryQueue(nn.Module):
@@ -92,17 +92,22 @@ class MemoryQueue(nn.Module):
         shape = (self.capacity, self.num_classes) if targets.ndim == 2 else (self.capacity,)
         self._q_targets = torch.full(shape, self.ignore_index, dtype=torch.long, device=self._q_targets.device)
 
-    def merge(self, logits: Tensor, targets: Tensor, iid: Tensor, weight: Tensor | None) -> Merged:
-        """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device."""
+    def merge(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> Merged:
+        """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device.
+
+        ``iid=None`` means every live row is iid. Without a queue the batch is returned as it
+        is, with ``is_live=None`` (every row live): all-ones masks are not built.
+        """
         self.match_targets(targets)
-        n = logits.shape[0]
-        weighted = weight is not None or self.weighted
-        is_live = torch.ones(n, dtype=torch.bool, device=logits.device)
-        if weighted and weight is None:
-            weight = torch.ones(n, dtype=logits.dtype, device=logits.device)
         if self.capacity == 0:
-            return Merged(logits, targets, iid, weight, is_live)
+            return Merged(logits, targets, iid, weight, None)
+        n = logits.shape[0]
         dev = logits.device
+        is_live = torch.ones(n, dtype=torch.bool, device=dev)
+        if iid is None:
+            iid = torch.ones(n, dtype=torch.bool, device=dev)
+        if self.weighted and weight is None:
+            weight = torch.ones(n, dtype=logits.dtype, device=dev)
         q_weight = self._q_weight.to(device=dev, dtype=weight.dtype) if weight is not None else None
         return Merged(
             torch.cat([logits, self._q_logits.to(device=dev, dtype=logits.dtype)]),
@@ -113,8 +118,8 @@ class MemoryQueue(nn.Module):
         )
 
     @torch.no_grad()
-    def enqueue(self, logits: Tensor, targets: Tensor, iid: Tensor, weight: Tensor | None) -> None:
-        """Write a batch (all of its rows, ``ignore_index`` rows included) behind the pointer."""
+    def enqueue(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> None:
+        """Write a batch (all of its rows, ``ignore_index`` rows included) behind the pointer; ``iid=None``: all iid."""
         q, n = self.capacity, logits.shape[0]
         if q == 0 or n == 0:
             return
@@ -133,7 +138,10 @@ class MemoryQueue(nn.Module):
             new_ptr = (self._q_ptr + n) % q
         self._q_logits.index_copy_(0, slots, logits[rows].detach().to(device=dev, dtype=self._q_logits.dtype))
         self._q_targets.index_copy_(0, slots, targets[rows].to(device=dev, dtype=torch.long))
-        self._q_iid.index_copy_(0, slots, iid[rows].to(device=dev, dtype=torch.bool))
+        if iid is None:
+            self._q_iid.index_fill_(0, slots, True)
+        else:
+            self._q_iid.index_copy_(0, slots, iid[rows].to(device=dev, dtype=torch.bool))
         if weight is not None:
             self._q_weight.index_copy_(0, slots, weight[rows].detach().to(device=dev, dtype=self._q_weight.dtype))
             self.weighted = bool((self._q_weight != 1).any())

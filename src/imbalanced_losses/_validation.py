@@ -196,8 +196,15 @@ def check_weight_values(w: Tensor, *, validate_args: bool, name: str = "sample_w
 
 
 def check_finite_logits(logits: Tensor, name: str = "logits") -> None:
-    """Raise if the logits (argument ``name``) contain NaN or +-inf (one host synchronisation)."""
-    if logits.numel() > 0 and not bool(torch.isfinite(logits).all()):  # boolean ops record no graph
+    """Raise if the logits (argument ``name``) contain NaN or +-inf (one host synchronisation).
+
+    A finite sum proves every entry finite (a NaN or an infinity makes the sum NaN or
+    infinite) in one reduction instead of two; only a non-finite sum, which finite values can
+    also reach by overflow, takes the exact elementwise test.
+    """
+    if logits.numel() == 0 or math.isfinite(logits.detach().sum().item()):
+        return
+    if not bool(torch.isfinite(logits).all()):  # boolean ops record no graph
         n_bad = int((~torch.isfinite(logits.detach())).sum())
         raise ValueError(
             f"`{name}` must be finite, got {n_bad} NaN or infinite value(s); "
@@ -258,4 +265,4 @@ def binary_range(targets: Tensor) -> bool:
     check, which only runs when this one fails).
     """
     low, high = torch.aminmax(targets.detach())
-    return bool(low >= 0) and bool(high <= 1)
+    return low.item() >= 0 and high.item() <= 1  # host comparisons: no further tensor operation

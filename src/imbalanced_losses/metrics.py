@@ -121,7 +121,7 @@ def _parse(
             message = "`sample_weight` is entirely zero: no class has positive weight and every metric is nan."
         warn(message)
 
-    scores2d, ids, weight = validate_batch(
+    scores2d, ids, weight, _ = validate_batch(
         scores2d,
         targets,
         sample_weight,

@@ -261,7 +261,7 @@ def _block_terms(
     objective: Objective,
     work: Tensor,
     own: Own | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Evaluate every (query, key) pair of ``n`` blocks exactly: sums, objective and their gradient.
 
     Args:
@@ -281,7 +281,8 @@ def _block_terms(
             adds noise.
 
     Returns:
-        ``(sums [n, B, J], value [n, B] float64, grad_query [n, B], grad_key [n, L])``; the
+        ``(sums [n, B, J], ratios [n, B, J] float64, value [n, B] float64, grad_query [n, B],
+        grad_key [n, L])``: ``ratios`` are the sums (plus ``base``) the objective saw; the
         gradients are those of the objective with respect to ``z = s / tau``.
     """
     n, b, span = sq.shape[0], sq.shape[1], sk.shape[1]
@@ -292,14 +293,15 @@ def _block_terms(
     torch.neg(sig, out=flip).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
     sig.sigmoid_()
     sums = _bmm(sig, mask)
-    value, slope = objective(sums.double() if base is None else sums.double() + base, params)
+    ratios = sums.double() if base is None else sums.double() + base
+    value, slope = objective(ratios, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
     if own is not None:
         _zero_slots(sig, own.slot, in_range=own.in_range)
     grad_query = -(_bmm(sig, mask) * slope).sum(2)
     grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
-    return sums, value, grad_query, grad_key
+    return sums, ratios, value, grad_query, grad_key
 
 
 def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_size: int) -> Tensor:
@@ -401,7 +403,7 @@ def _windowed(
         inside = offsets < lengths[sel].unsqueeze(1)  # [nb', span]
         flat = (sel // nb * lk + plan.lo.flatten()[sel]).unsqueeze(1) + offsets
         flat = torch.where(inside, flat, torch.zeros_like(flat))
-        sums[sel], _, grad_q[sel], key_grad = _block_terms(
+        sums[sel], _, _, grad_q[sel], key_grad = _block_terms(
             sk_flat[flat].masked_fill(~inside, float("-inf")),
             sq_blocks[sel],
             tau[sel // nb],
@@ -437,7 +439,7 @@ def _dense(
     """
     c, lq, lk = tau.shape[0], queries.values.shape[1], keys.values.shape[1]
     work = keys.values.new_empty(2 * c * lq * lk)
-    sums, value, grad_q, grad_k = _block_terms(
+    _, ratios, value, grad_q, grad_k = _block_terms(
         keys.values,
         queries.values,
         tau,
@@ -448,7 +450,7 @@ def _dense(
         work,
         own,
     )
-    return value, sums.double(), grad_k, grad_q
+    return value, ratios, grad_k, grad_q
 
 
 #: ``kernel(tau, keys, key_mask, queries, params, objective, own) -> (value, ratios, grad_key, grad_query)``
@@ -578,9 +580,14 @@ def pair_sums(
     s_t = scores.detach().t()
     query_t = query_mask.t()
     nq = query_t.sum(1)
-    key_t = key_channels.any(2).t()
+    n_ch = key_channels.shape[2]
+    key_t = (key_channels[..., 0] if n_ch == 1 else key_channels.any(2)).t()  # one channel: a view
     nk = key_t.sum(1)
-    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
+    if c == 1:  # the counts are the extremes: one small copy to the host, no reductions
+        lq, lk = torch.cat([nq, nk]).tolist()
+        nk_min = lk
+    else:
+        lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
     dense = c * lq * lk <= DENSE_MAX
     # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
     all_keys = dense and lk == m and nk_min == m
@@ -594,11 +601,13 @@ def pair_sums(
     else:
         keys = sorted_rows(s_t, key_t, nk, lk)
         queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
-    n_ch = key_channels.shape[2]
     key_mask = key_channels.permute(1, 0, 2)  # [C, M, J]
     if not all_keys:
         key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
-        key_mask = key_mask.gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch)) & key_valid.unsqueeze(2)
+        if n_ch == 1:  # a key is an entry of the only channel: its mask is the slot's validity
+            key_mask = key_valid.unsqueeze(2)
+        else:
+            key_mask = key_mask.gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch)) & key_valid.unsqueeze(2)
     own = None
     if queries_are_keys:  # with every row a key, a query's own key slot is its row
         own = Own(queries.rows, True) if all_keys else Own(_self_slots(keys.rows, keys.sizes, queries.rows, m), False)

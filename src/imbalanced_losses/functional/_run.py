@@ -35,7 +35,7 @@ def run_functional(
     check_choice("reduction", reduction, REDUCTIONS)
     check_bool("return_per_class", return_per_class)
     check_bool("return_diagnostics", return_diagnostics)
-    logits, ids, weight = validate_batch(
+    logits, ids, weight, _ = validate_batch(
         logits,
         targets,
         sample_weight,

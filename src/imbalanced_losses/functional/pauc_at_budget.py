@@ -15,6 +15,7 @@ from ._common import (
     Pool,
     RankingResult,
     class_sum,
+    flagged,
     masked_column_quantiles,
     pool_stats,
     row_mask,
@@ -89,8 +90,8 @@ def _pairwise_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
 def pauc_at_budget_core(
     pool: Pool,
     *,
-    iid: Tensor,
-    live: Tensor,
+    iid: Tensor | None,
+    live: Tensor | None,
     alpha: float = 0.0,
     beta: float = 0.005,
     surrogate: str = "trapezoid",
@@ -104,14 +105,15 @@ def pauc_at_budget_core(
 ) -> RankingResult:
     """Per-class loss ``1 - pAUC_c`` on a pool (no reduction), with the diagnostics if asked.
 
-    ``iid`` and ``live`` are ``[M]`` bool row flags. See :func:`pauc_at_budget_loss` for the math.
+    ``iid`` and ``live`` are ``[M]`` bool row flags, ``None`` for every row. See
+    :func:`pauc_at_budget_loss` for the math.
     """
     scores, pos, neg, weight = pool
     dtype = scores.dtype
     s = scores.detach()
-    neg_iid = neg & iid.unsqueeze(1)
-    numer = pos if pos_numerator == "pool" else pos & live.unsqueeze(1)
-    ref = neg_iid if budget_basis == "fpr" else (pos | neg) & iid.unsqueeze(1)
+    neg_iid = flagged(neg, iid)
+    numer = pos if pos_numerator == "pool" else flagged(pos, live)
+    ref = neg_iid if budget_basis == "fpr" else flagged(pos | neg, iid)
 
     # One selection pass resolves every threshold of every class: band edges, knots, quartiles.
     levels = _knot_levels(alpha, beta, n_knots) if surrogate == "trapezoid" else [1.0 - alpha, 1.0 - beta]
@@ -123,30 +125,39 @@ def pauc_at_budget_core(
     scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta
 
     c = scores.shape[1]
-    pairs = select_pairs(numer, scores, weight)
-    den = class_sum(pairs.weight, pairs.cls, c)
     n_numer = numer.sum(0)  # = bincount(pairs.cls), without a data-dependent shape
-    gated = pos.any(0) & neg_iid.any(0) & (n_numer > 0) & (den > 0)
-    degenerate = gated & ~(scale > MIN_DISPERSION)
-    valid = gated & ~degenerate
+    if surrogate == "trapezoid" or weight is not None:
+        pairs = select_pairs(numer, scores, weight)
+        den = pairs.total_weight(n_numer, dtype)
+    else:  # unweighted pairwise: the pair kernel takes the positives from the mask, den is their count
+        den = n_numer.to(dtype)
+    # den > 0 implies a numerator positive, hence a positive: those tests are implied.
+    gated = neg_iid.any(0) & (den > 0)
+    dispersed = scale > MIN_DISPERSION
+    degenerate = gated & ~dispersed
+    valid = gated & dispersed
     tau_eff = temperature * scale
-    tau_safe = torch.where(valid, tau_eff, torch.ones_like(tau_eff))
-    in_band = (s >= torch.nan_to_num(t_beta, nan=0.0)) & (s <= torch.nan_to_num(t_alpha, nan=0.0))
+    tau_safe = torch.where(valid, tau_eff, 1.0)
+    if surrogate == "pairwise" or diagnostics:
+        in_band = (s >= torch.nan_to_num(t_beta, nan=0.0)) & (s <= torch.nan_to_num(t_alpha, nan=0.0))
 
     if surrogate == "trapezoid":
         knots = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
         omega = torch.ones(n_knots, dtype=dtype, device=s.device)
         omega[0] = omega[-1] = 0.5
-        sig = torch.sigmoid((pairs.scores.unsqueeze(1) - knots[pairs.cls]) / tau_safe[pairs.cls].unsqueeze(1))
+        sig = torch.sigmoid(
+            (pairs.scores.unsqueeze(1) - pairs.per_entry(knots)) / pairs.per_entry(tau_safe).unsqueeze(1)
+        )
         contrib = (sig * omega).sum(1) / (n_knots - 1)  # [P]: v_i, the band-mean soft TPR of positive i
-        pauc = safe_divide(class_sum(contrib * pairs.weight, pairs.cls, c), den)
+        pauc = safe_divide(pairs.weighted_sum(contrib, c), den)
         v, v_cls = contrib.detach(), pairs.cls
     else:
         band = neg & in_band  # every pooled negative in the band, iid or not
         n_band = band.sum(0)
         valid = valid & (n_band > 0)
-        inv_band = safe_divide(torch.ones_like(den), n_band.to(dtype))
-        class_params = torch.stack([safe_divide(torch.ones_like(den), den), inv_band], dim=1)
+        counts = torch.stack([den, n_band.to(dtype)], 1)
+        class_params = safe_divide(torch.ones_like(counts), counts)  # (1 / den, 1 / |B|)
+        inv_band = class_params[:, 1]
         out = pair_sums(
             scores,
             tau_safe,
@@ -178,7 +189,7 @@ def pauc_at_budget_core(
         "tau_eff": torch.where(valid, tau_eff, nan),
         "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
         "pauc_var": torch.where(valid, _grouped_var(v, v_cls, n_numer), nan),
-        "grad_pos_count": (pos & live.unsqueeze(1)).sum(0),
+        "grad_pos_count": flagged(pos, live).sum(0),
         **pool_stats(pool),
         "pauc": partial_auc_from_masks(s, pos, neg, alpha=alpha, beta=beta, normalize="band"),
         "saturated_fraction": torch.where(valid, saturated, nan),

@@ -13,7 +13,6 @@ from ._common import (
     SATURATION,
     Pool,
     RankingResult,
-    class_sum,
     masked_column_quantiles,
     pool_stats,
     safe_divide,
@@ -39,11 +38,11 @@ def recall_at_quantile_core(
     thresholds, _ = masked_column_quantiles(scores, pos | neg, levels, interpolation)
     theta = torch.nan_to_num(thresholds[0], nan=0.0)  # [C]; empty columns are invalid anyway
     pairs = select_pairs(pos, scores, weight)  # only positives enter the numerator
-    soft_hits = torch.sigmoid((pairs.scores - theta[pairs.cls]) / temperature)
+    soft_hits = torch.sigmoid((pairs.scores - pairs.per_entry(theta)) / temperature)
     c = scores.shape[1]
-    den = class_sum(pairs.weight, pairs.cls, c)
-    recall = safe_divide(class_sum(soft_hits * pairs.weight, pairs.cls, c), den)
-    valid = pos.any(0) & (den > 0)
+    den = pairs.total_weight(pos.sum(0), scores.dtype)
+    recall = safe_divide(pairs.weighted_sum(soft_hits, c), den)
+    valid = den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(1.0 - recall, valid)
     from ..metrics import recall_at_quantile_from_masks

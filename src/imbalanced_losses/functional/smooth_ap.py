@@ -54,7 +54,7 @@ def smooth_ap_core(pool: Pool, *, temperature: float, diagnostics: bool = False)
     ap = pair_sums(
         scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective, queries_are_keys=True
     ).per_class
-    valid = pos.any(0) & neg.any(0) & (den > 0)
+    valid = neg.any(0) & (den > 0)  # den > 0 implies a positive
     return RankingResult(1.0 - ap, valid, smooth_ap_stats(pool, tau) if diagnostics else None)
 
 
