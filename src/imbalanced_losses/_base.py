@@ -205,6 +205,7 @@ class RankingLoss(nn.Module):
             return_per_class=return_per_class,
             return_diagnostics=return_diagnostics,
             class_weight=self.class_weight,
+            checked_finite=self.validate_args,
         )
 
     def _load_from_state_dict(

@@ -12,7 +12,9 @@ work is vectorised over ``C``; nothing here loops over classes in Python.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -139,7 +141,7 @@ def validate_batch(
     warn: Callable[[str, str], None],
     name: str = "logits",
 ) -> Batch:
-    """Check a batch and normalise its targets; returns a :class:`Batch` ``(logits, ids, weight, all_kept)``.
+    """Check a batch and normalise its targets; returns a :class:`Batch`.
 
     ``warn(key, message)`` receives the soft problems (binary targets outside ``{0, 1}``, an
     all-zero ``sample_weight``): the functional API warns on each call, a module once. ``name``
@@ -240,7 +242,9 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return num / torch.where(den > 0, den, 1.0)
 
 
-def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpolation: str) -> tuple[Tensor, Tensor]:
+def masked_column_quantiles(
+    x: Tensor, member: Tensor, levels: Tensor | Sequence[float], interpolation: str
+) -> tuple[Tensor, Tensor]:
     """Quantiles of each column of ``x`` over the rows selected by ``member``, for all classes at once.
 
     Reproduces :func:`torch.quantile` exactly for float32/float64 input (same rank arithmetic
@@ -250,13 +254,15 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
 
     A single column of a small pool on the CPU takes a shorter road to the same values: its
     members are gathered and sorted, their number ``n`` comes back with them (a free host
-    synchronisation on the CPU), and the ranks are ``levels * (n - 1)`` directly. Small pools
-    are dominated by the fixed cost of each operation, and this road has a third of them.
+    synchronisation on the CPU), and the ranks ``levels * (n - 1)`` are formed on the host
+    (:func:`_host_quantiles`). Small pools are dominated by the fixed cost of each operation,
+    and this road has a fraction of them.
 
     Args:
         x: ``[M, C]`` detached scores.
         member: ``[M, C]`` bool, which rows belong to each column's population.
-        levels: ``[L]`` quantile levels in ``[0, 1]``, in ``x``'s dtype.
+        levels: ``[L]`` quantile levels in ``[0, 1]``: a tensor in ``x``'s dtype, or Python
+            floats (taken as rounded to ``x``'s dtype).
         interpolation: One of ``linear, lower, higher, nearest, midpoint``.
 
     Returns:
@@ -264,16 +270,23 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     """
     x = x.detach()
     m, c = x.shape
-    if c == 1 and 0 < m <= SORT_MAX and x.device.type == "cpu" and not torch.compiler.is_compiling():
+    host = (
+        c == 1
+        and 0 < m <= SORT_MAX
+        and x.device.type == "cpu"
+        and x.dtype in _ROUNDING
+        and (not isinstance(levels, Tensor) or levels.dtype == x.dtype)
+        and not torch.compiler.is_compiling()
+    )
+    if host:
         column = x[:, 0].masked_select(member[:, 0])
         n = column.shape[0]
         counts = torch.full((1,), n, dtype=torch.long)
         if n == 0:
-            return x.new_full((levels.shape[0], 1), float("nan")), counts
-        ordered = column.sort().values
-        # ranks in x's dtype: the integer n - 1 converts exactly, as `last` does below
-        values = _interpolate(levels * (n - 1), interpolation, lambda ranks: ordered.index_select(0, ranks))
-        return values.unsqueeze(1), counts
+            return x.new_full((len(levels), 1), float("nan")), counts
+        return _host_quantiles(column.sort().values, levels, interpolation).unsqueeze(1), counts
+    if not isinstance(levels, Tensor):
+        levels = torch.tensor(levels, dtype=x.dtype, device=x.device)
     counts = member.sum(0)
     if m == 0:
         return x.new_full((levels.shape[0], c), float("nan")), counts
@@ -282,6 +295,46 @@ def masked_column_quantiles(x: Tensor, member: Tensor, levels: Tensor, interpola
     values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
     values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
     return values, counts
+
+
+def _round_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+#: Rounding of a Python float to each dtype the host road of the quantiles serves.
+_ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
+
+
+def _host_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], interpolation: str) -> Tensor:
+    """:func:`torch.quantile` of the sorted 1-D ``ordered`` at ``levels``, ranks formed on the host: ``[L]``.
+
+    ``torch.quantile`` forms the rank ``level * (n - 1)`` in the input's dtype: the exact
+    product of two values of that dtype, rounded once. The same rounding of the exact double
+    product (a float32 product has at most 48 significant bits) gives the same rank, and
+    floor/ceil/round-half-even on it the same indices, so this costs one indexing operation
+    (two and a ``lerp`` when interpolating) instead of four or five tensor operations.
+    """
+    dtype, n = ordered.dtype, ordered.shape[0]
+    to_dtype = _ROUNDING[dtype]
+    values = levels.tolist() if isinstance(levels, Tensor) else levels
+    ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in values]
+    if interpolation in ("linear", "midpoint"):
+        below = [math.floor(r) for r in ranks]
+        above = [math.ceil(r) for r in ranks]
+        # r - floor(r) is exact in r's dtype: the same weights as the tensor arithmetic
+        weights = [0.5 if interpolation == "midpoint" else r - b for r, b in zip(ranks, below, strict=True)]
+        picked = ordered.index_select(0, torch.tensor(below + above))
+        return torch.lerp(picked[: len(ranks)], picked[len(ranks) :], torch.tensor(weights, dtype=dtype))
+    if interpolation == "lower":
+        index = [math.floor(r) for r in ranks]
+    elif interpolation == "higher":
+        index = [math.ceil(r) for r in ranks]
+    else:  # "nearest": Python's round() on a float is round-half-even, like torch.round
+        index = [round(r) for r in ranks]
+    if len(index) == 1:  # a view: no operation at all
+        return ordered.narrow(0, index[0], 1)
+    return ordered.index_select(0, torch.tensor(index))
 
 
 def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Tensor]) -> Tensor:
@@ -411,7 +464,12 @@ def saturated_threshold_fraction(pairs: Pairs, thresholds: Tensor, width: Tensor
 
 
 def reduce_classes(
-    result: RankingResult, reduction: str, anchor: Tensor, class_weight: Tensor | None = None
+    result: RankingResult,
+    reduction: str,
+    anchor: Tensor,
+    class_weight: Tensor | None = None,
+    *,
+    checked_finite: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Reduce a per-class result over its valid classes.
 
@@ -419,10 +477,19 @@ def reduce_classes(
     ``loss`` is that vector for ``'none'``, otherwise :func:`reduce_valid`.
     """
     per_class = torch.where(result.valid, result.loss, float("nan"))
-    return per_class if reduction == "none" else reduce_valid(result, reduction, anchor, class_weight), per_class
+    if reduction == "none":
+        return per_class, per_class
+    return reduce_valid(result, reduction, anchor, class_weight, checked_finite=checked_finite), per_class
 
 
-def reduce_valid(result: RankingResult, reduction: str, anchor: Tensor, class_weight: Tensor | None = None) -> Tensor:
+def reduce_valid(
+    result: RankingResult,
+    reduction: str,
+    anchor: Tensor,
+    class_weight: Tensor | None = None,
+    *,
+    checked_finite: bool = False,
+) -> Tensor:
     r"""The sum (``'sum'``) or mean (``'mean'``) of a per-class result over its valid classes :math:`V`.
 
     Weighted by ``class_weight`` :math:`w` when given: :math:`\sum_{c \in V} w_c L_c` and
@@ -430,19 +497,32 @@ def reduce_valid(result: RankingResult, reduction: str, anchor: Tensor, class_we
     zero still connected to ``anchor``'s graph (``anchor``'s sum enters with weight 0, so a
     non-finite ``anchor`` still shows). The sum is taken in the loss's dtype: float16 logits
     that are finite but sum past 65504 must not turn the loss into ``0 * inf = nan``.
+
+    ``checked_finite`` says that the logits (``anchor``) were checked finite (``validate_args``):
+    the anchor's term can then only be zero, or ``nan`` from an overflowing sum, and it is left
+    out whenever the per-class loss is itself connected to the graph (the same values and
+    gradients, with fewer operations forward and backward).
     """
     kept = torch.where(result.valid, result.loss, 0.0)
-    anchor_sum = anchor.sum(dtype=result.loss.dtype)
     if class_weight is None:  # weights 1 on the valid classes: nothing to multiply; den counts them
-        total = torch.add(kept.sum(), anchor_sum, alpha=0.0)
+        if kept.shape[0] == 1:  # one class: its loss or 0 is the sum, and the mean too (a count of 1)
+            return _anchored(kept.reshape(()), result, anchor, checked_finite)
+        total = _anchored(kept.sum(), result, anchor, checked_finite)
         # an integer count >= 1 (exact in any float dtype): the same quotient as a float one
         return total if reduction == "sum" else total / result.valid.sum().clamp_min(1)
     w = result.valid.to(result.loss.dtype) * class_weight.to(device=result.loss.device, dtype=result.loss.dtype)
-    total = torch.add((kept * w).sum(), anchor_sum, alpha=0.0)
+    total = _anchored((kept * w).sum(), result, anchor, checked_finite)
     if reduction == "sum":
         return total
     den = w.sum()
     return total / torch.where(den > 0, den, 1.0)
+
+
+def _anchored(total: Tensor, result: RankingResult, anchor: Tensor, checked_finite: bool) -> Tensor:
+    """``total + 0 * anchor.sum()`` (see :func:`reduce_valid`), or ``total`` when the term is not needed."""
+    if checked_finite and result.loss.requires_grad:
+        return total
+    return torch.add(total, anchor.sum(dtype=result.loss.dtype), alpha=0.0)
 
 
 def package(
@@ -453,16 +533,18 @@ def package(
     return_per_class: bool,
     return_diagnostics: bool = False,
     class_weight: Tensor | None = None,
+    checked_finite: bool = False,
 ) -> Any:
     """Reduce a result and assemble the public return form.
 
     ``loss``; ``(loss, per_class, valid)`` with ``return_per_class``; ``(loss, stats)`` with
-    ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both.
+    ``return_diagnostics``; ``(loss, per_class, valid, stats)`` with both. ``checked_finite``:
+    see :func:`reduce_valid`.
     """
     if return_per_class or reduction == "none":
-        loss, per_class = reduce_classes(result, reduction, anchor, class_weight)
+        loss, per_class = reduce_classes(result, reduction, anchor, class_weight, checked_finite=checked_finite)
     else:  # the per-class vector is not returned: not built
-        loss = per_class = reduce_valid(result, reduction, anchor, class_weight)
+        loss = per_class = reduce_valid(result, reduction, anchor, class_weight, checked_finite=checked_finite)
     if torch.is_grad_enabled() and not loss.requires_grad:
         # Logits without a graph (e.g. a quick check on torch.randn): the loss is a constant, but
         # `loss.backward()` must still work, as it does for a model's output.

@@ -53,8 +53,27 @@ ITEMS = 1 << 15
 #: Up to this many (padded query, key) pairs, every pair is evaluated in one block (less fixed cost).
 DENSE_MAX = 1 << 20
 
-#: ``objective(R [..., J] float64, params [..., P] float64) -> (value [...], dvalue/dR [..., J])``
-Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+class QueryParams(NamedTuple):
+    """The objective's parameters of the query slots ``[..., Lq]`` (float64)."""
+
+    weight: Tensor | None  # [..., Lq] query weights, 0 on padding slots; None: 1 on every slot (no padding)
+    consts: Tensor  # [..., 1, P] constants of each slot's class (broadcast over the slots)
+
+    def weighted(self, x: Tensor) -> Tensor:
+        """``weight * x`` for a per-class ``x [..., 1]``; ``x`` itself when every weight is 1 (exact)."""
+        return x if self.weight is None else self.weight * x
+
+
+#: ``objective(R [..., Lq, J] float64, params) -> (value [..., Lq], dvalue/dR)``; the slope may be
+#: ``[..., 1, J]`` when it is the same for every slot (the kernel broadcasts it).
+Objective = Callable[[Tensor, QueryParams], tuple[Tensor, Tensor]]
+
+
+def _evaluate(objective: Objective, ratios: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]:
+    """``objective(ratios, params)`` with the slope expanded to ``ratios``' shape (a view)."""
+    value, slope = objective(ratios, params)
+    return value, slope.expand_as(ratios)
 
 
 def window_and_order(dtype: torch.dtype) -> tuple[float, int]:
@@ -255,9 +274,9 @@ def _block_terms(
     sk: Tensor,
     sq: Tensor,
     tau: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     base: Tensor | None,
-    params: Tensor,
+    params: QueryParams,
     objective: Objective,
     work: Tensor,
     own: Own | None,
@@ -269,10 +288,11 @@ def _block_terms(
             when ``mask`` is 0 on them).
         sq: ``[n, B]`` raw query scores.
         tau: ``[n]`` temperature of each block's class.
-        mask: ``[n, L, J]`` channel weights of the keys (0 on unused slots).
+        mask: ``[n, L, J]`` channel weights of the keys (0 on unused slots), or ``None`` for a
+            single channel holding every key slot (its products with the mask are left out).
         base: ``[n, B, J]`` float64 contribution of the pairs outside the blocks (tails), or
             ``None`` when every pair is inside.
-        params: ``[n, B, P]`` objective parameters of the queries.
+        params: Objective parameters of the queries (``weight [n, B]``, ``consts [n, 1, P]``).
         objective: See :data:`Objective`.
         work: A buffer of at least ``2 n B L`` elements.
         own: The key slot holding each query itself (see :class:`Own`), or ``None`` if no
@@ -292,16 +312,25 @@ def _block_terms(
     sig.div_(tau.view(-1, 1, 1))
     torch.neg(sig, out=flip).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
     sig.sigmoid_()
+    # The sums keep their product with the (all-ones) mask: the same BLAS rounding as always.
+    ones = mask is None
+    mask = sig.new_ones(n, span, 1) if mask is None else mask
     sums = _bmm(sig, mask)
     ratios = sums.double() if base is None else sums.double() + base
-    value, slope = objective(ratios, params)
+    value, slope = _evaluate(objective, ratios, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
     if own is not None:
         _zero_slots(sig, own.slot, in_range=own.in_range)
-    grad_query = -(_bmm(sig, mask) * slope).sum(2)
-    grad_key = (_bmm(sig.transpose(1, 2), slope) * mask).sum(2)
+    grad_query = -_channel_sum(_bmm(sig, mask) * slope)
+    key_slope = _bmm(sig.transpose(1, 2), slope)
+    grad_key = _channel_sum(key_slope if ones else key_slope * mask)  # times a mask of ones: left out
     return sums, ratios, value, grad_query, grad_key
+
+
+def _channel_sum(x: Tensor) -> Tensor:
+    """``x.sum(-1)``; a single channel is its own sum (a view instead of a reduction)."""
+    return x[..., 0] if x.shape[-1] == 1 else x.sum(-1)
 
 
 def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_size: int) -> Tensor:
@@ -319,10 +348,15 @@ def _pack(mask_t: Tensor, width: int) -> Tensor:
     """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots)."""
     c, m = mask_t.shape
     if c == 1:  # no padding: `nonzero` is the whole answer, in two operations instead of eight
-        return mask_t.nonzero()[:, 1].unsqueeze(0)
+        return _selected(mask_t)
     slot = torch.where(mask_t, mask_t.cumsum(1) - 1, width)
     rows = torch.zeros(c, width + 1, dtype=torch.long, device=mask_t.device)
     return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
+
+
+def _selected(mask_t: Tensor) -> Tensor:
+    """``[1, n]`` pool rows of the ``n`` entries of a one-row mask ``[1, M]``, in pool order."""
+    return mask_t.nonzero()[:, 1].unsqueeze(0)
 
 
 @functools.cache
@@ -341,17 +375,20 @@ def _untraced(kernel: Kernel) -> Kernel:
 def _windowed(
     tau: Tensor,
     keys: SortedRows,
-    key_mask: Tensor,
+    key_mask: Tensor | None,
     queries: SortedRows,
-    params: Tensor,
+    params: QueryParams,
     objective: Objective,
     own: Own | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sorted windows plus exponential tails; returns ``(value, ratios, grad_key, grad_query)`` (``z`` units).
 
-    ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key.
+    ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key;
+    ``key_mask`` ``[C, Lk, J]`` bool, or ``None`` for one channel holding every key slot.
     """
     dtype, device = keys.values.dtype, keys.values.device
+    if key_mask is None:
+        key_mask = torch.ones_like(keys.values, dtype=torch.bool).unsqueeze(2)
     c = tau.shape[0]
     half_width, order = window_and_order(dtype)
     # Scaled scores in float64, relative to each class's lowest key: the tails need accurate
@@ -394,7 +431,7 @@ def _windowed(
     sk_flat, mask_flat = keys.values.flatten(), key_mask.to(dtype).reshape(c * lk, n_ch)
     sq_blocks = queries.values.reshape(c * nb, BLOCK)
     tail_blocks = tail.view(c * nb, BLOCK, n_ch)
-    param_blocks = params.view(c * nb, BLOCK, params.shape[-1])
+    weight_blocks = None if params.weight is None else params.weight.view(c * nb, BLOCK)
     chunks = _chunks(host_lengths, BLOCK)
     work = sk_flat.new_empty(2 * max([(stop - start) * BLOCK * host_lengths[start] for start, stop in chunks] or [0]))
     for start, stop in chunks:  # one buffer serves every chunk
@@ -409,7 +446,7 @@ def _windowed(
             tau[sel // nb],
             mask_flat[flat] * inside.unsqueeze(2).to(dtype),
             tail_blocks[sel],
-            param_blocks[sel],
+            QueryParams(None if weight_blocks is None else weight_blocks[sel], params.consts[sel // nb]),
             objective,
             work,
             None if self_blocks is None else Own(self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1), False),
@@ -417,7 +454,7 @@ def _windowed(
         grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
 
     ratios = sums.view(c, lq, n_ch).double() + tail
-    value, slope = objective(ratios, params)
+    value, slope = _evaluate(objective, ratios, params)
     grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
     grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width).flatten()
     return value, ratios, grad_k.view(c, lk).to(dtype), grad_q
@@ -426,16 +463,17 @@ def _windowed(
 def _dense(
     tau: Tensor,
     keys: SortedRows,
-    key_mask: Tensor,
+    key_mask: Tensor | None,
     queries: SortedRows,
-    params: Tensor,
+    params: QueryParams,
     objective: Objective,
     own: Own | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Every (query, key) pair at once, as one :func:`_block_terms` block per class.
 
     Same inputs and outputs as :func:`_windowed`, but keys and queries need not be sorted;
-    ``C * Lq * Lk`` pair terms are held at once.
+    ``C * Lq * Lk`` pair terms are held at once. ``key_mask`` may be ``None`` (one channel
+    holding every key slot).
     """
     c, lq, lk = tau.shape[0], queries.values.shape[1], keys.values.shape[1]
     work = keys.values.new_empty(2 * c * lq * lk)
@@ -443,7 +481,7 @@ def _dense(
         keys.values,
         queries.values,
         tau,
-        key_mask.to(keys.values.dtype),
+        None if key_mask is None else key_mask.to(keys.values.dtype),
         None,
         params,
         objective,
@@ -454,7 +492,9 @@ def _dense(
 
 
 #: ``kernel(tau, keys, key_mask, queries, params, objective, own) -> (value, ratios, grad_key, grad_query)``
-Kernel = Callable[[Tensor, SortedRows, Tensor, SortedRows, Tensor, Objective, "Own | None"], tuple[Tensor, ...]]
+Kernel = Callable[
+    [Tensor, SortedRows, "Tensor | None", SortedRows, QueryParams, Objective, "Own | None"], tuple[Tensor, ...]
+]
 
 
 class _PairSums(torch.autograd.Function):
@@ -464,9 +504,9 @@ class _PairSums(torch.autograd.Function):
         scores: Tensor,
         tau: Tensor,
         keys: SortedRows,
-        key_mask: Tensor,
+        key_mask: Tensor | None,
         queries: SortedRows,
-        params: Tensor,
+        params: QueryParams,
         objective: Objective,
         own: Own | None,
         dense: bool,
@@ -521,12 +561,13 @@ def _key_tail_grad(
     return out
 
 
-def _query_params(rows: Tensor, sizes: Tensor, weight: Tensor | None, class_params: Tensor) -> tuple[Tensor, Tensor]:
-    """Real-slot mask ``[C, Lq]`` and objective parameters ``[C, Lq, 1 + P]`` (query weight, class constants)."""
+def _query_params(
+    rows: Tensor, sizes: Tensor, weight: Tensor | None, class_params: Tensor
+) -> tuple[Tensor, QueryParams]:
+    """Real-slot mask ``[C, Lq]`` and the objective's :class:`QueryParams` of padded query slots."""
     valid = torch.arange(rows.shape[1], device=rows.device) < sizes.unsqueeze(1)
     query_w = valid.double() if weight is None else weight.double()[rows] * valid
-    params = torch.cat([query_w.unsqueeze(2), class_params.double().unsqueeze(1).expand(-1, rows.shape[1], -1)], 2)
-    return valid, params
+    return valid, QueryParams(query_w, class_params.double().unsqueeze(1))
 
 
 class PairResult(NamedTuple):
@@ -567,8 +608,9 @@ def pair_sums(
         query_mask: ``[M, C]`` bool queries.
         weight: Optional ``[M]`` query weights (1 when ``None``).
         class_params: ``[C, P]`` per-class constants of the objective.
-        objective: Receives ``R [..., J]`` and ``params [..., 1 + P]`` = (query weight, class
-            constants), the weight being 0 on padding slots, where the slope must vanish.
+        objective: Receives ``R [..., Lq, J]`` and a :class:`QueryParams` (query weights, class
+            constants); the weight is 0 on padding slots, where the slope must vanish, and
+            ``None`` (1 everywhere) when there is neither padding nor ``weight``.
         queries_are_keys: Whether a query can also be a key of its class (Smooth-AP); its pair
             with itself then contributes ``sigma(0)`` but no derivative. ``False`` promises
             that no query is a key of its class.
@@ -579,15 +621,16 @@ def pair_sums(
     (m, c), device = scores.shape, scores.device
     s_t = scores.detach().t()
     query_t = query_mask.t()
-    nq = query_t.sum(1)
     n_ch = key_channels.shape[2]
     key_t = (key_channels[..., 0] if n_ch == 1 else key_channels.any(2)).t()  # one channel: a view
-    nk = key_t.sum(1)
-    if c == 1:  # the counts are the extremes: one small copy to the host, no reductions
-        lq, lk = torch.cat([nq, nk]).tolist()
-        nk_min = lk
-    else:
-        lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
+    if c == 1:
+        single = _one_class(
+            scores, s_t, tau, key_channels, key_t, query_t, weight, class_params, objective, queries_are_keys
+        )
+        if single is not None:
+            return single
+    nq, nk = query_t.sum(1), key_t.sum(1)
+    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
     dense = c * lq * lk <= DENSE_MAX
     # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
     all_keys = dense and lk == m and nk_min == m
@@ -614,6 +657,58 @@ def pair_sums(
     query_valid, params = _query_params(queries.rows, nq, weight, class_params)
     per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective, own, dense, all_keys)
     return PairResult(per_class, ratios, query_valid)
+
+
+def _one_class(
+    scores: Tensor,
+    s_t: Tensor,
+    tau: Tensor,
+    key_channels: Tensor,
+    key_t: Tensor,
+    query_t: Tensor,
+    weight: Tensor | None,
+    class_params: Tensor,
+    objective: Objective,
+    queries_are_keys: bool,
+) -> PairResult | None:
+    """:func:`pair_sums` of a single class small enough for :func:`_dense`; ``None`` if it is not.
+
+    Small pools are dominated by the fixed cost of each operation, and one class needs few:
+    each mask's ``nonzero`` yields its rows in pool order and, by its length, their number (the
+    host synchronisation the counts would cost anyway); no slot is padding, so no validity
+    mask is built and unweighted queries keep an implicit weight of 1; a single key channel
+    holding every key needs no mask at all. Same values as the general path.
+
+    Args:
+        scores: ``[M, 1]`` pool scores.
+        s_t: ``[1, M]`` their detached transpose.
+        tau: ``[1]`` temperature.
+        key_channels: ``[M, 1, J]`` bool key channels.
+        key_t: ``[1, M]`` bool keys (any channel).
+        query_t: ``[1, M]`` bool queries.
+        weight: Optional ``[M]`` query weights.
+        class_params: ``[1, P]`` class constants of the objective.
+        objective: See :data:`Objective`.
+        queries_are_keys: As in :func:`pair_sums`.
+    """
+    query_rows, key_rows = _selected(query_t), _selected(key_t)
+    (lq, lk), m = query_rows.shape[1:] + key_rows.shape[1:], s_t.shape[1]
+    if lq * lk > DENSE_MAX:
+        return None
+    sizes = torch.tensor([lq, lk], device=s_t.device)
+    all_keys = lk == m  # the key rows are then 0..M-1: the scores need no gather
+    keys = SortedRows(s_t, key_rows, sizes[1:]) if all_keys else _gathered(s_t, key_rows, sizes[1:])
+    queries = _gathered(s_t, query_rows, sizes[:1])
+    key_mask = None
+    if key_channels.shape[2] > 1:
+        key_mask = key_channels.permute(1, 0, 2)  # [1, M, J]
+        key_mask = key_mask if all_keys else key_mask.index_select(1, key_rows[0])
+    own = None
+    if queries_are_keys:
+        own = Own(query_rows, True) if all_keys else Own(_self_slots(key_rows, sizes[1:], query_rows, m), False)
+    params = QueryParams(None if weight is None else weight.double()[query_rows], class_params.double().unsqueeze(1))
+    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective, own, True, all_keys)
+    return PairResult(per_class, ratios, torch.ones(1, lq, dtype=torch.bool, device=s_t.device))
 
 
 def _gathered(s_t: Tensor, rows: Tensor, sizes: Tensor) -> SortedRows:

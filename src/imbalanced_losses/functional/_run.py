@@ -55,4 +55,5 @@ def run_functional(
         return_per_class=return_per_class,
         return_diagnostics=return_diagnostics,
         class_weight=None if weights is None else weights.weight,
+        checked_finite=validate_args,
     )

@@ -24,7 +24,7 @@ from ._common import (
     saturated_threshold_fraction,
     select_pairs,
 )
-from ._pairs import pair_sums
+from ._pairs import QueryParams, pair_sums
 from ._run import run_functional
 
 SURROGATES = ("trapezoid", "pairwise")
@@ -81,9 +81,9 @@ def _grouped_var(values: Tensor, cls: Tensor, counts: Tensor) -> Tensor:
     return safe_divide(class_sum((values - mean[cls]) ** 2, cls, n.shape[0]), n)
 
 
-def _pairwise_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """Per positive ``w / den * (1 - R / |B|)`` (``params = (w, 1/den, 1/|B|)``) and its slope in ``R``."""
-    coef, inv_band = params[..., 0] * params[..., 1], params[..., 2]
+def _pairwise_objective(r: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]:
+    """Per positive ``w / den * (1 - R / |B|)`` (class constants ``(1/den, 1/|B|)``) and its slope in ``R``."""
+    coef, inv_band = params.weighted(params.consts[..., 0]), params.consts[..., 1]
     return coef * (1.0 - r[..., 0] * inv_band), (-coef * inv_band).unsqueeze(-1)
 
 
@@ -119,7 +119,7 @@ def pauc_at_budget_core(
     levels = _knot_levels(alpha, beta, n_knots) if surrogate == "trapezoid" else [1.0 - alpha, 1.0 - beta]
     if tau_scale == "iqr":
         levels += [0.75, 0.25]
-    qs, _ = masked_column_quantiles(s, ref, torch.tensor(levels, dtype=dtype, device=s.device), interpolation)
+    qs, _ = masked_column_quantiles(s, ref, levels, interpolation)
     t_alpha = qs[0]
     t_beta = qs[n_knots - 1] if surrogate == "trapezoid" else qs[1]
     scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta

@@ -34,8 +34,7 @@ def recall_at_quantile_core(
     ``saturated_fraction`` of the positives' sigmoid terms, each ``[C]``.
     """
     scores, pos, neg, weight = pool
-    levels = torch.tensor([1.0 - quantile], dtype=scores.dtype, device=scores.device)
-    thresholds, _ = masked_column_quantiles(scores, pos | neg, levels, interpolation)
+    thresholds, _ = masked_column_quantiles(scores, pos | neg, [1.0 - quantile], interpolation)
     theta = torch.nan_to_num(thresholds[0], nan=0.0)  # [C]; empty columns are invalid anyway
     pairs = select_pairs(pos, scores, weight)  # only positives enter the numerator
     soft_hits = torch.sigmoid((pairs.scores - pairs.per_entry(theta)) / temperature)

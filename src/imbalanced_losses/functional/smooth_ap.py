@@ -18,19 +18,19 @@ from ._common import (
     safe_divide,
     saturated_pair_fraction,
 )
-from ._pairs import pair_sums
+from ._pairs import QueryParams, pair_sums
 from ._run import run_functional
 
 
-def _ap_objective(r: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+def _ap_objective(r: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]:
     r"""Per positive ``w / den * R_pos / R_all`` and its slope in the (negative, positive) key sums.
 
     ``r[..., 0]`` sums over negative keys, ``r[..., 1]`` over positive keys (the self term
-    :math:`\sigma(0) = 1/2` included, so ``R_pos = r_pos + 1/2`` adds the other half);
-    ``params = (w, 1 / den)``. Disjoint channels keep the slopes free of cancellation:
+    :math:`\sigma(0) = 1/2` included, so ``R_pos = r_pos + 1/2`` adds the other half); the
+    class constant is ``1 / den``. Disjoint channels keep the slopes free of cancellation:
     ``d/dr_pos = coef * r_neg / R_all^2``.
     """
-    coef = params[..., 0] * params[..., 1]
+    coef = params.weighted(params.consts[..., 0])
     r_neg, r_pos = r[..., 0], r[..., 1] + 0.5
     r_all = r_neg + r_pos
     value = coef * r_pos / r_all
