@@ -53,7 +53,8 @@ import torch
 from torch import nn
 
 import imbalanced_losses
-from imbalanced_losses import RecallAtQuantileLoss, SigmoidFocalLoss
+from imbalanced_losses import SigmoidFocalLoss
+from imbalanced_losses.metrics import budget_rows
 
 try:
     import matplotlib
@@ -254,14 +255,11 @@ class Focal(nn.Module):
 def build_loss(arm: str, pos_weight: float, budget: float, queue_size: int, total_steps: int) -> nn.Module:
     """Fresh loss module of one arm.
 
-    ``focal`` is plain; ``recall`` runs in the demo's step-mode schedule (weighted BCE for 30% of
-    the steps, a 15% blend, temperature decay over the rest); every other arm is the demo's own.
+    ``focal`` is plain; every other arm is the demo's own (its step-mode schedule: weighted BCE for
+    30% of the steps, a 15% blend, temperature decay over the rest).
     """
     if arm == "focal":
         return Focal()
-    if arm == "recall":
-        main = RecallAtQuantileLoss(num_classes=1, quantile=budget, queue_size=queue_size)
-        return demo.warmed_up(demo.WeightedBCE(pos_weight), main, demo.SMOOTHAP_TEMPERATURES, total_steps)
     return demo.build_loss(arm, pos_weight, budget, total_steps, queue_size)
 
 
@@ -342,7 +340,7 @@ def paired_bootstrap(
     arms = list(scores)
     n_seeds = len(scores[arms[0]])
     n = len(labels)
-    ks = [max(1, math.ceil(b / 1e4 * n)) for b in cfg.budgets_bps]
+    ks = [budget_rows(b / 1e4, n) for b in cfg.budgets_bps]
     names = ["ap", *[f"cov@{b}" for b in cfg.budgets_bps]]
     flat = [s for arm in arms for s in scores[arm]]  # [arm0 seed0, arm0 seed1, ...]
     orders = np.stack([np.argsort(-s, kind="stable") for s in flat])
@@ -469,7 +467,8 @@ def plot(results: dict[str, DatasetResult], arms: list[str], out: Path) -> None:
             jitter = budgets * (1 + 0.02 * (i - len(arms) / 2))
             ax_cov.errorbar(jitter, mean, yerr=std, marker="o", ms=4, capsize=3, color=colours[arm], label=ARMS[arm])
         grid = np.geomspace(budgets[0], budgets[-1], 400)
-        ceiling = np.minimum(1.0, np.maximum(1, np.ceil(grid / 1e4 * res.n_test)) / res.test_positives)
+        rows = np.array([budget_rows(float(g) / 1e4, res.n_test) for g in grid])
+        ceiling = np.minimum(1.0, rows / res.test_positives)
         ax_cov.plot(grid, ceiling, color="k", ls=":", lw=1, label="best possible")
         ax_cov.axvline(cfg.rank_budget * 1e4, color="grey", ls="--", lw=1)
         ax_cov.set_xscale("log")
@@ -598,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "arms": {a: ARMS[a] for a in arms},
         "focal": {"alpha": FOCAL_ALPHA, "gamma": FOCAL_GAMMA},
         "schedule": {"warmup_fraction": demo.WARMUP_FRACTION, "blend_fraction": demo.BLEND_FRACTION},
-        "temperatures": {"smoothap_recall": demo.SMOOTHAP_TEMPERATURES, "pauc": demo.PAUC_TEMPERATURES},
+        "temperatures": {"smoothap": demo.SMOOTHAP_TEMPERATURES, "recall_pauc": demo.PAUC_TEMPERATURES},
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "datasets": {n: asdict(r) for n, r in results.items()}}

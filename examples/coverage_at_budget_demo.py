@@ -20,6 +20,8 @@ and batch order for every arm of a seed)
     * ``weighted-ce``: ``BCEWithLogitsLoss(pos_weight=n_neg / n_pos)`` throughout.
     * ``smoothap``: :class:`~imbalanced_losses.SmoothAPLoss` (queue of 8192 rows), temperature
       0.1 -> 0.01.
+    * ``recall``: :class:`~imbalanced_losses.RecallAtQuantileLoss` at ``quantile = budget`` (queue
+      of 8192 rows), temperature multiplier 0.5 -> 0.1 (a multiple of the scores' spread).
     * ``pauc-{trap,pair}-{pool,live}``: :class:`~imbalanced_losses.PAUCAtBudgetLoss` on the FPR
       band ``[budget / 2, 1.5 * budget]`` (queue of 8192 rows) with the ``trapezoid`` or the
       ``pairwise`` surrogate and the ``pool`` or ``live`` positive numerator, temperature
@@ -61,13 +63,23 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from imbalanced_losses import LossWarmupWrapper, PAUCAtBudgetLoss, SmoothAPLoss
+from imbalanced_losses import LossWarmupWrapper, PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
+
+try:
+    from imbalanced_losses.metrics import budget_rows
+except ImportError:  # imbalanced-losses 0.6 has no `metrics`: the same rule, in exact arithmetic
+
+    def budget_rows(budget: float, n: int) -> int:  # type: ignore[misc]
+        """``max(1, ceil(budget * n))`` with the budget read as the decimal it was written as."""
+        return min(n, max(1, math.ceil(Fraction(repr(budget)) * n)))
+
 
 try:
     import matplotlib
@@ -86,6 +98,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 ARMS: dict[str, str] = {
     "weighted-ce": "Weighted CE",
     "smoothap": "SmoothAP",
+    "recall": "Recall@quantile",
     "pauc-trap-pool": "PAUC trap (pool)",
     "pauc-trap-live": "PAUC trap (live)",
     "pauc-pair-pool": "PAUC pair (pool)",
@@ -212,6 +225,9 @@ def build_loss(arm: str, pos_weight: float, budget: float, total_steps: int, que
         return bce
     if arm == "smoothap":
         return warmed_up(bce, SmoothAPLoss(num_classes=1, queue_size=queue_size), SMOOTHAP_TEMPERATURES, total_steps)
+    if arm == "recall":
+        recall = RecallAtQuantileLoss(num_classes=1, quantile=budget, queue_size=queue_size)
+        return warmed_up(bce, recall, PAUC_TEMPERATURES, total_steps)
     _, surrogate, numerator = arm.split("-")
     main = PAUCAtBudgetLoss(
         num_classes=1,
@@ -309,11 +325,16 @@ def fit(
 
 
 def coverage_at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> float:
-    """Share of all positives among the ``max(1, ceil(budget * n))`` highest scores (NaN if none)."""
+    """Share of all positives among the ``budget_rows(budget, n)`` highest scores (NaN if none).
+
+    ``budget_rows`` is ``max(1, ceil(budget * n))`` without the row that float rounding can add
+    (``0.07 * 100`` is ``7.000000000000001``): the library's rule, as in
+    :func:`imbalanced_losses.metrics.coverage_at_budget`.
+    """
     n_pos = int(labels.sum())
     if n_pos == 0:
         return float("nan")
-    k = max(1, math.ceil(budget * len(scores)))
+    k = budget_rows(budget, len(scores))
     top = np.argsort(-scores, kind="stable")[:k]
     return float(labels[top].sum() / n_pos)
 
@@ -471,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 
     n_eval = args.n_samples // 4
-    k = max(1, math.ceil(args.budget * n_eval))
+    k = budget_rows(args.budget, n_eval)
     print(
         f"{args.n_samples} rows ({n_eval} eval, top k={k}), {args.epochs} epochs, batch {args.batch_size}, "
         f"seeds {seeds[0]}..{seeds[-1]}; eval positives per seed: {eval_pos}; torch threads {torch.get_num_threads()}"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
 from torch import nn
 
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
+from imbalanced_losses.metrics import budget_rows
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +46,8 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def coverage_at_budget(scores: torch.Tensor, labels: torch.Tensor, budget: float) -> float:
-    """Share of all positives among the ``ceil(budget * n)`` highest scores."""
-    k = max(1, math.ceil(budget * len(scores)))
+    """Share of all positives among the ``budget_rows(budget, n)`` highest scores (``ceil(budget * n)``)."""
+    k = budget_rows(budget, len(scores))
     top = torch.topk(scores, k).indices
     return float(labels[top].sum() / labels.sum())
 

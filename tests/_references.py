@@ -132,6 +132,28 @@ def _quantile(values: Sequence[float], level: float, interpolation: str, dtype: 
     return float(torch.quantile(col, level, interpolation=interpolation))
 
 
+def _kernel(x: float) -> float:
+    """sigma'(x) = e^{-|x|} / (1 + e^{-|x|})^2, in Python floats."""
+    e = math.exp(-abs(x))
+    return e / (1.0 + e) ** 2
+
+
+def attach(value: float, cells: Sequence[torch.Tensor], width: float, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` with the gradient of a kernel-smoothed quantile (the library's default).
+
+    ``d theta / d s_j = sigma'((s_j - theta)/h) / sum_k sigma'((s_k - theta)/h)`` over the
+    ``cells`` (the negatives among the rows that define the threshold); the value stays ``value``.
+    """
+    out = torch.tensor(value, dtype=dtype)
+    if not cells:  # no negative defines it: nothing to move
+        return out
+    ks = [_kernel((float(cell.detach()) - value) / width) for cell in cells]
+    total = sum(ks)
+    for k, cell in zip(ks, cells, strict=True):
+        out = out + (k / total) * (cell - cell.detach())
+    return out
+
+
 def quantile_cells(values: Sequence[float], levels: Sequence[float]) -> set[int]:
     """Indices (into ``values``) of every order statistic any interpolation mode may read at ``levels``.
 
@@ -231,12 +253,17 @@ def ref_recall_at_quantile(
     ignore_index: int = -100,
     sample_weight: torch.Tensor | None = None,
     return_thresholds: bool = False,
+    tau_scale: str = "iqr",
+    detach_thresholds: bool = False,
 ):
-    """Per-class ``1 - soft recall`` above the detached pool quantile at level ``1 - quantile``.
+    """Per-class ``1 - soft recall`` above the pool quantile at level ``1 - quantile``.
 
     ``theta_c = torch.quantile(sg(pool column c), 1 - q, interpolation)`` over *all* pooled rows;
-    ``rec_c`` = (weighted) mean over positives of ``sig((s_i - theta_c)/tau)``.  Invalid: no
-    positives or zero positive weight mass (an all-positive pool is valid).
+    ``rec_c`` = (weighted) mean over positives of ``sig((s_i - theta_c)/tau)``, with
+    ``tau = temperature * IQR`` of the column (``tau_scale='iqr'``; ``temperature`` when the IQR
+    is ``<= 1e-12``) or ``tau = temperature`` (``'logit'``). Unless ``detach_thresholds``, the
+    threshold and the quartiles carry the gradient of :func:`attach`. Invalid: no positives or
+    zero positive weight mass (an all-positive pool is valid).
     """
     pool = _Pool(logits, targets, ignore_index, sample_weight=sample_weight)
     losses: list[torch.Tensor | None] = []
@@ -249,11 +276,25 @@ def ref_recall_at_quantile(
             thresholds.append(math.nan)
             continue
         col = [pool.value(r, c) for r in range(pool.n)]
-        theta = _quantile(col, 1.0 - quantile, interpolation, pool.dtype)
-        thresholds.append(theta)
+        neg_cells = [pool.cells[r][c] for r in range(pool.n) if not pool.is_pos(r, c)]
+        theta_value = _quantile(col, 1.0 - quantile, interpolation, pool.dtype)
+        thresholds.append(theta_value)
+        quartiles = [_quantile(col, lv, interpolation, pool.dtype) for lv in (0.75, 0.25)]
+        spread = quartiles[0] - quartiles[1]
+        dispersed = tau_scale == "iqr" and spread > 1e-12
+        tau_value = temperature * (spread if dispersed else 1.0)
+        theta: float | torch.Tensor = theta_value
+        tau: float | torch.Tensor = tau_value
+        if not detach_thresholds:
+            theta = attach(theta_value, neg_cells, tau_value, pool.dtype)
+            if dispersed:
+                tau = temperature * (
+                    attach(quartiles[0], neg_cells, tau_value, pool.dtype)
+                    - attach(quartiles[1], neg_cells, tau_value, pool.dtype)
+                )
         acc = None
         for i in pos:
-            term = pool.weight[i] * torch.sigmoid((pool.cells[i][c] - theta) / temperature)
+            term = pool.weight[i] * torch.sigmoid((pool.cells[i][c] - theta) / tau)
             acc = term if acc is None else acc + term
         losses.append(1.0 - acc / wsum)
     per_class, valid = _finish(losses, pool.dtype)
@@ -293,8 +334,12 @@ def ref_pauc(
     iid_mask: torch.Tensor | None = None,
     live_mask: torch.Tensor | None = None,
     sample_weight: torch.Tensor | None = None,
+    detach_thresholds: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Per-class ``1 - pAUC`` over the FPR band [alpha, beta] plus the §5.5 diagnostics.
+
+    Unless ``detach_thresholds``, the trapezoid's knots and its scale carry the gradient of
+    :func:`attach` over the reference rows (kernel width ``tau_eff``).
 
     Returns ``(per_class, valid, diag)`` with ``diag`` holding ``t_alpha``, ``t_beta``, ``tau_eff``,
     ``pauc_var`` (float, ``nan`` for invalid classes) and ``band_neg_count`` (int64, 0 for invalid).
@@ -324,10 +369,9 @@ def ref_pauc(
         if wsum == 0.0:
             invalid()
             continue
-        if budget_basis == "fpr":
-            ref = [pool.value(r, c) for r in neg_iid]
-        else:
-            ref = [pool.value(r, c) for r in rows if pool.iid[r]]
+        ref_rows = neg_iid if budget_basis == "fpr" else [r for r in rows if pool.iid[r]]
+        ref = [pool.value(r, c) for r in ref_rows]
+        ref_cells = [pool.cells[r][c] for r in ref_rows if not pool.is_pos(r, c)]
 
         def q(level: float, ref: list[float] = ref) -> float:
             return _quantile(ref, level, interpolation, dtype)
@@ -343,13 +387,21 @@ def ref_pauc(
 
         contrib: dict[int, torch.Tensor] = {}  # v_i per numerator positive
         if surrogate == "trapezoid":
-            knots = [q(lv) for lv in pauc_levels(alpha, beta, n_knots)]
+            knots: list = [q(lv) for lv in pauc_levels(alpha, beta, n_knots)]
             knots[0], knots[-1] = t_alpha, t_beta  # pinned (§5.2)
+            tau: float | torch.Tensor = tau_eff
+            if not detach_thresholds:
+                knots = [attach(k, ref_cells, tau_eff, dtype) for k in knots]
+                if tau_scale == "iqr":
+                    upper, lower = (attach(q(lv), ref_cells, tau_eff, dtype) for lv in (0.75, 0.25))
+                    tau = temperature * (upper - lower)
+                else:
+                    tau = temperature * (knots[0] - knots[-1])
             omega = [0.5] + [1.0] * (n_knots - 2) + [0.5]
             for i in numer:
                 v = None
                 for wk, tk in zip(omega, knots, strict=True):
-                    term = wk * torch.sigmoid((pool.cells[i][c] - tk) / tau_eff)
+                    term = wk * torch.sigmoid((pool.cells[i][c] - tk) / tau)
                     v = term if v is None else v + term
                 contrib[i] = v / (n_knots - 1)
         else:
@@ -599,8 +651,24 @@ def dense_smooth_ap(logits, targets, *, temperature, ignore_index=-100, sample_w
     return _finish(losses, x.dtype)
 
 
+def dense_attach(value, s, member, width):
+    """Vectorised :func:`attach`: ``value`` plus the kernel-weighted gradient path to ``s[member]``."""
+    x = ((s.detach()[member] - value) / width).abs()
+    k = torch.exp(-x) / (1.0 + torch.exp(-x)) ** 2
+    return value + (k * (s[member] - s.detach()[member])).sum() / k.sum()
+
+
 def dense_recall_at_quantile(
-    logits, targets, *, quantile, temperature, interpolation="higher", ignore_index=-100, sample_weight=None
+    logits,
+    targets,
+    *,
+    quantile,
+    temperature,
+    interpolation="higher",
+    ignore_index=-100,
+    sample_weight=None,
+    tau_scale="iqr",
+    detach_thresholds=False,
 ):
     x, t, w = _dense_pool(logits, targets, ignore_index, sample_weight)
     num_classes = logits.shape[1]
@@ -615,7 +683,15 @@ def dense_recall_at_quantile(
         s = x[:, c]
         check_unambiguous_level(s.numel(), 1.0 - quantile, interpolation)
         theta = torch.quantile(s.detach(), 1.0 - quantile, interpolation=interpolation)
-        losses.append(1.0 - (w[pos] * torch.sigmoid((s[pos] - theta) / temperature)).sum() / wsum)
+        q75, q25 = (torch.quantile(s.detach(), lv, interpolation=interpolation) for lv in (0.75, 0.25))
+        dispersed = tau_scale == "iqr" and float(q75 - q25) > 1e-12
+        tau = temperature * (q75 - q25) if dispersed else torch.tensor(temperature, dtype=x.dtype)
+        if not detach_thresholds:
+            width = tau.detach()
+            theta = dense_attach(theta, s, ~pos, width)
+            if dispersed:
+                tau = temperature * (dense_attach(q75, s, ~pos, width) - dense_attach(q25, s, ~pos, width))
+        losses.append(1.0 - (w[pos] * torch.sigmoid((s[pos] - theta) / tau)).sum() / wsum)
     return _finish(losses, x.dtype)
 
 
@@ -636,6 +712,7 @@ def dense_pauc(
     iid_mask=None,
     live_mask=None,
     sample_weight=None,
+    detach_thresholds=False,
 ):
     x, t, iid, live, w = _dense_pool(logits, targets, ignore_index, iid_mask, live_mask, sample_weight)
     n, num_classes = x.shape
@@ -666,6 +743,15 @@ def dense_pauc(
         tau_eff = temperature * scale
         if surrogate == "trapezoid":
             knots = torch.stack([q(lv) for lv in pauc_levels(alpha, beta, n_knots)])
+            if not detach_thresholds:
+                member = neg_iid
+                width = tau_eff.detach()
+                knots = torch.stack([dense_attach(k, s, member, width) for k in knots])
+                if tau_scale == "iqr":
+                    upper, lower = (dense_attach(q(lv), s, member, width) for lv in (0.75, 0.25))
+                    tau_eff = temperature * (upper - lower)
+                else:
+                    tau_eff = temperature * (knots[0] - knots[-1])
             omega = torch.ones(n_knots, dtype=x.dtype)
             omega[0] = omega[-1] = 0.5
             v = (torch.sigmoid((s[numer][:, None] - knots[None, :]) / tau_eff) * omega).sum(1) / (n_knots - 1)

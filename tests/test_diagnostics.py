@@ -402,13 +402,17 @@ def test_recall_threshold_recall_and_saturated_fraction(interpolation: str) -> N
     for c in range(3):
         s, p = columns(logits, targets, c)
         check_unambiguous_level(len(s), 1 - quantile, interpolation)
-        theta = float(torch.quantile(torch.tensor(s, dtype=torch.float64), 1 - quantile, interpolation=interpolation))
+        col = torch.tensor(s, dtype=torch.float64)
+        theta = float(torch.quantile(col, 1 - quantile, interpolation=interpolation))
+        # The sigmoid's width: tau times the column's inter-quartile range (tau_scale="iqr").
+        upper, lower = (torch.quantile(col, lv, interpolation=interpolation) for lv in (0.75, 0.25))
+        width = tau * float(upper - lower)
         thresholds.append(theta)
         positives = [v for v, is_pos in zip(s, p, strict=True) if is_pos]
         hits = sum(1.0 if v > theta else 0.5 if v == theta else 0.0 for v in positives)
         on_threshold += sum(v == theta for v in positives)
         recalls.append(hits / len(positives))
-        saturated.append(frac(sum(abs((v - theta) / tau) > SATURATION for v in positives), len(positives)))
+        saturated.append(frac(sum(abs((v - theta) / width) > SATURATION for v in positives), len(positives)))
     assert_stat(stats["threshold"], thresholds, "threshold", atol=0)
     assert_stat(stats["recall"], recalls, "recall")
     metric = recall_at_quantile(logits, targets, quantile=quantile, interpolation=interpolation)

@@ -607,7 +607,7 @@ FORWARD_ERRORS = [
     ("sigmoid", X2.long(), Y2, {}, TypeError, "inputs"),
     ("sigmoid", X2.tolist(), Y2, {}, TypeError, "inputs"),
     ("sigmoid", X2, Y2, {"sample_weight": torch.ones(3, 1)}, ValueError, "sample_weight"),
-    ("sigmoid", X2, Y2, {"sample_weight": torch.ones(4)}, ValueError, "sample_weight"),
+    ("sigmoid", X2, Y2, {"sample_weight": torch.ones(4, 3, 1)}, ValueError, "sample_weight"),  # more dims than inputs
     ("sigmoid", X2, Y2, {"sample_weight": torch.ones(4, 2)}, ValueError, "sample_weight"),
     ("sigmoid", X2, Y2, {"sample_weight": torch.tensor(1.0)}, ValueError, "sample_weight"),
     ("sigmoid", X2, Y2, {"sample_weight": -torch.ones(4, 1)}, ValueError, "sample_weight"),

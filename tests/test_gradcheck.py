@@ -1,9 +1,13 @@
 """``torch.autograd.gradcheck`` (float64) of the functional losses on tiny inputs.
 
-The quantile thresholds of Recall and pAUC (and pAUC's tau_eff) are detached by design (§4, §5.2):
-a finite difference through a cell that *defines* a threshold would move the threshold, while
-autograd deliberately ignores that path.  Those cells are therefore held constant (their indices come
-from :func:`_references.quantile_cells`); every other cell is a gradcheck input.  Scores are spaced
+With ``detach_thresholds=True`` (0.6's gradient) the quantile thresholds of Recall and pAUC (and
+their spread) are constants: a finite difference through a cell that *defines* a threshold would
+move the threshold, while autograd deliberately ignores that path.  Those cells are therefore held
+constant (their indices come from :func:`_references.quantile_cells`); every other cell is a
+gradcheck input.  The default gradient (D12) is the derivative of the loss with each threshold
+replaced by a kernel-smoothed quantile; it is checked by central differences of that loss, with
+the smoothed quantiles solved by bisection
+(:func:`test_threshold_gradient_is_the_smoothed_quantile_derivative`).  Scores are spaced
 ``>= 0.1`` apart so the ``1e-6`` perturbations never reorder them (order statistics and band
 membership stay fixed).  Temperatures are moderate (0.5) because the sigmoid surrogates are stiff
 near 0.
@@ -80,7 +84,7 @@ def test_gradcheck_smooth_ap(num_classes, weighted):
 def test_gradcheck_recall(num_classes, weighted, interpolation):
     logits, targets, w = _data(2, num_classes, weighted)
     quantile = 0.3
-    frozen = _frozen_cells(logits, [list(range(M))] * num_classes, [1.0 - quantile])
+    frozen = _frozen_cells(logits, [list(range(M))] * num_classes, [1.0 - quantile, 0.75, 0.25])
     _gradcheck(
         lambda x: recall_at_quantile_loss(
             x,
@@ -90,6 +94,7 @@ def test_gradcheck_recall(num_classes, weighted, interpolation):
             quantile_interpolation=interpolation,
             reduction="none",
             sample_weight=w,
+            detach_thresholds=True,
         ),
         logits,
         frozen,
@@ -105,7 +110,15 @@ def test_gradcheck_pauc(num_classes, weighted, surrogate, tau_scale):
     levels = [*refs.pauc_levels(alpha, beta, n_knots), 0.75, 0.25]
     ref_rows = [torch.nonzero(~_is_pos(targets, c, num_classes)).flatten().tolist() for c in range(num_classes)]
     frozen = _frozen_cells(logits, ref_rows, levels)
-    kw = dict(alpha=alpha, beta=beta, surrogate=surrogate, n_knots=n_knots, tau_scale=tau_scale, temperature=0.5)
+    kw = dict(
+        alpha=alpha,
+        beta=beta,
+        surrogate=surrogate,
+        n_knots=n_knots,
+        tau_scale=tau_scale,
+        temperature=0.5,
+        detach_thresholds=True,
+    )
     # The pairwise band must hold free (gradient-checked) negatives too, not just frozen edges.
     _, valid, stats = refs.ref_pauc(logits, targets, **kw)
     assert valid.all()
@@ -129,6 +142,7 @@ def test_gradcheck_pauc_population_live(surrogate):
         budget_basis="population",
         pos_numerator="live",
         temperature=0.5,
+        detach_thresholds=True,
     )
     _, valid, _ = refs.ref_pauc(logits, targets, live_mask=live, **kw)
     assert valid.all()
@@ -137,3 +151,91 @@ def test_gradcheck_pauc_population_live(surrogate):
         logits,
         frozen,
     )
+
+
+def _smoothed_quantile(values: torch.Tensor, count: float, width: float) -> float:
+    """The ``theta`` with ``sum_j sigmoid((values_j - theta) / width) == count`` (bisection, float64)."""
+    lo, hi = float(values.min()) - 60 * width, float(values.max()) + 60 * width
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if float(torch.sigmoid((values - mid) / width).sum()) > count:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _smoothed_loss(x, base, targets, w, c, levels, members, width, temperature, tau_scale, knot_weights):
+    """Loss of class ``c`` with every threshold ``theta_l`` replaced by the smoothed quantile of the
+    ``members`` rows that equals the exact quantile ``levels[l]`` at ``base`` (same kernel width)."""
+    thetas = []
+    for level in levels:
+        count = float(torch.sigmoid((base[members, c] - level) / width).sum())
+        thetas.append(_smoothed_quantile(x[members, c], count, width))
+    knots, quartiles = thetas[: len(knot_weights)], thetas[len(knot_weights) :]
+    spread = {"iqr": lambda: quartiles[0] - quartiles[1], "band": lambda: knots[0] - knots[-1], "logit": lambda: 1.0}
+    tau = temperature * spread[tau_scale]()
+    pos = _is_pos(targets, c, base.shape[1])
+    weight = torch.ones(len(targets), dtype=x.dtype) if w is None else w
+    soft = sum(k * torch.sigmoid((x[pos, c] - t) / tau) for k, t in zip(knot_weights, knots, strict=True))
+    return 1.0 - float((weight[pos] * soft).sum() / weight[pos].sum())
+
+
+@pytest.mark.parametrize(
+    ("loss", "kw"),
+    [
+        pytest.param("recall", dict(tau_scale="iqr"), id="recall-iqr"),
+        pytest.param("recall", dict(tau_scale="logit"), id="recall-logit"),
+        pytest.param("trapezoid", dict(tau_scale="iqr"), id="trapezoid-iqr"),
+        pytest.param("trapezoid", dict(tau_scale="band"), id="trapezoid-band"),
+    ],
+)
+@pytest.mark.parametrize(("num_classes", "weighted"), CASES)
+def test_threshold_gradient_is_the_smoothed_quantile_derivative(loss, kw, num_classes, weighted):
+    """D12: autograd's gradient equals central differences of the smoothed-threshold loss."""
+    logits, targets, w = _data(5, num_classes, weighted)
+    temperature = 0.5
+    x = logits.clone().requires_grad_(True)
+    if loss == "recall":
+        quantile = 0.3
+        out = recall_at_quantile_loss(
+            x, targets, quantile=quantile, temperature=temperature, reduction="none", sample_weight=w, **kw
+        )
+        level_values = [1.0 - quantile, 0.75, 0.25] if kw["tau_scale"] == "iqr" else [1.0 - quantile]
+        knot_weights = [1.0]
+    else:
+        alpha, beta, n_knots = 0.0, 0.45, 3
+        out = pauc_at_budget_loss(
+            x,
+            targets,
+            alpha=alpha,
+            beta=beta,
+            n_knots=n_knots,
+            temperature=temperature,
+            reduction="none",
+            sample_weight=w,
+            **kw,
+        )
+        level_values = refs.pauc_levels(alpha, beta, n_knots) + ([0.75, 0.25] if kw["tau_scale"] == "iqr" else [])
+        knot_weights = [0.25, 0.5, 0.25]
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    per_class = out.detach()
+    base = logits.detach()
+    eps = 1e-6
+    for c in range(num_classes):
+        negatives = ~_is_pos(targets, c, num_classes)
+        column = base[:, c] if loss == "recall" else base[negatives, c]
+        levels = [float(torch.quantile(column, lv, interpolation="higher")) for lv in level_values]
+        if loss == "recall":
+            spread = levels[1] - levels[2] if kw["tau_scale"] == "iqr" else 1.0
+        else:
+            spread = levels[-2] - levels[-1] if kw["tau_scale"] == "iqr" else levels[0] - levels[n_knots - 1]
+        width = temperature * spread
+        args = (targets, w, c, levels, negatives, width, temperature, kw["tau_scale"], knot_weights)
+        assert abs(_smoothed_loss(base, base, *args) - float(per_class[c])) < 1e-9  # same value at the base
+        for r in range(M):
+            plus, minus = base.clone(), base.clone()
+            plus[r, c] += eps
+            minus[r, c] -= eps
+            numeric = (_smoothed_loss(plus, base, *args) - _smoothed_loss(minus, base, *args)) / (2 * eps)
+            assert abs(numeric - float(grad[r, c])) < 1e-6, (r, c, numeric, float(grad[r, c]))

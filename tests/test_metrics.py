@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -127,8 +128,13 @@ def ref_recall(y: np.ndarray, s: torch.Tensor, q: float, interp: str, w: np.ndar
     return num / den if den > 0 else math.nan
 
 
+def ref_rows(budget: float, n: int) -> int:
+    """``max(1, ceil(b n))`` in exact rational arithmetic, ``b`` the decimal ``budget`` prints as."""
+    return max(1, math.ceil(Fraction(str(budget)) * n))
+
+
 def ref_coverage_argsort(y: np.ndarray, s: np.ndarray, budget: float) -> float:
-    k = max(1, math.ceil(budget * len(s)))
+    k = ref_rows(budget, len(s))
     top = np.argsort(-s, kind="stable")[:k]
     return float(y[top].sum() / y.sum()) if y.sum() > 0 else math.nan
 
@@ -136,7 +142,7 @@ def ref_coverage_argsort(y: np.ndarray, s: np.ndarray, budget: float) -> float:
 def ref_coverage_all_orders(y: list[int], s: list[float], budget: float) -> float:
     """Mean top-k coverage over every order of the rows that sorts the scores descending."""
     n = len(s)
-    k = max(1, math.ceil(budget * n))
+    k = ref_rows(budget, n)
     hits, orders = 0, 0
     for perm in itertools.permutations(range(n)):
         if all(s[perm[i]] >= s[perm[i + 1]] for i in range(n - 1)):
@@ -411,13 +417,13 @@ def test_coverage_at_least_one_row_flagged() -> None:
     assert coverage_at_budget(scores, torch.tensor([1, 1, 0, 0]), budget=1e-6).item() == 0.5  # k = 1
 
 
-def test_coverage_budget_product_is_float64_ceil() -> None:
-    """k = math.ceil(budget * n) on Python floats: 0.07 * 100 is 7.000000000000001, so k = 8."""
+def test_coverage_budget_float_rounding_adds_no_row() -> None:
+    """0.07 * 100 is 7.000000000000001 in float64; k is 7 (tests/test_contracts_focal_warmup.py has the sweep)."""
     scores = -torch.arange(100.0)
     targets = torch.zeros(100, dtype=torch.long)
     targets[7] = 1  # the 8th best row
-    assert coverage_at_budget(scores, targets, budget=0.07).item() == 1.0
-    assert coverage_at_budget(scores, targets, budget=0.07 - 1e-9).item() == 0.0  # k = 7
+    assert coverage_at_budget(scores, targets, budget=0.07).item() == 0.0  # k = 7
+    assert coverage_at_budget(scores, targets, budget=0.07 + 1e-9).item() == 1.0  # k = 8
 
 
 # ----------------------------------------------------------------------------------------------

@@ -227,6 +227,21 @@ TARGETED = [
         dict(alpha=0.0, beta=0.005, surrogate="pairwise"),
         id="defaults-beta0.005-pairwise",
     ),
+    pytest.param(
+        dict(seed=29, n=36, num_classes=3, weights="rand"),
+        dict(alpha=0.05, beta=0.4137, n_knots=4, temperature=0.2, detach_thresholds=True),
+        id="trapezoid-0.6-detached-thresholds",
+    ),
+    pytest.param(
+        dict(seed=30, n=36, num_classes=1, iid_frac=0.7),
+        dict(alpha=0.02, beta=0.37, n_knots=3, tau_scale="band", temperature=0.3),
+        id="trapezoid-band-scale-attached",
+    ),
+    pytest.param(
+        dict(seed=31, n=36, num_classes=3, iid_frac=0.8),
+        dict(alpha=0.0, beta=0.29, budget_basis="population", temperature=0.15),
+        id="trapezoid-population-attached",
+    ),
 ]
 
 

@@ -56,12 +56,29 @@ CASES = [
         dict(seed=12, n=30, num_classes=3, n_ignore=4, ignore_index=7),
         dict(quantile=0.31, temperature=0.1, ignore_index=7),
     ),
+    # 0.6's formula (logit temperature, detached threshold) and the two halves of the change alone.
+    (
+        "mc4-0.6-formula",
+        dict(seed=13, n=34, num_classes=4, ties=True, n_ignore=3, weights="rand"),
+        dict(quantile=0.173, temperature=0.2, tau_scale="logit", detach_thresholds=True),
+    ),
+    (
+        "binary-logit-attached",
+        dict(seed=14, n=30, num_classes=1),
+        dict(quantile=0.137, temperature=0.3, tau_scale="logit"),
+    ),
+    (
+        "mc3-iqr-detached",
+        dict(seed=15, n=30, num_classes=3, weights="rand"),
+        dict(quantile=0.29, temperature=0.1, detach_thresholds=True),
+    ),
+    ("binary-constant-logits", dict(seed=16, n=30, num_classes=1, scale=0.0), dict(quantile=0.29, temperature=0.1)),
 ]
 
 
 def _fns(data: dict, loss_kw: dict, interpolation: str, reduction: str):
     t, w = data["targets"], data["sample_weight"]
-    kw = dict(quantile=0.005, temperature=0.01, ignore_index=-100)
+    kw = dict(quantile=0.005, temperature=0.1, ignore_index=-100)
     kw.update(loss_kw)
 
     def ref(x):
@@ -73,6 +90,8 @@ def _fns(data: dict, loss_kw: dict, interpolation: str, reduction: str):
             interpolation=interpolation,
             ignore_index=kw["ignore_index"],
             sample_weight=w,
+            tau_scale=kw.get("tau_scale", "iqr"),
+            detach_thresholds=kw.get("detach_thresholds", False),
         )
         return refs.ref_reduce(pc, valid, reduction, x), pc, valid
 
@@ -116,16 +135,32 @@ def test_functional_matches_reference(case_id, data_kw, loss_kw, interpolation, 
         refs.assert_loss_close(plain, exp, "plain-form loss")
 
 
-def test_negatives_get_exactly_zero_gradient():
-    """§4: the threshold is detached, so only positives receive gradient."""
+def test_detached_threshold_gives_negatives_exactly_zero_gradient():
+    """0.6's gradient (``detach_thresholds=True``): only positives receive gradient."""
     data = refs.make_case(3, n=30, num_classes=3)
     x = data["logits"].clone().requires_grad_(True)
     t = data["targets"]
-    loss = recall_at_quantile_loss(x, t, quantile=0.3, temperature=0.2)
+    loss = recall_at_quantile_loss(x, t, quantile=0.3, temperature=0.2, detach_thresholds=True)
     (g,) = torch.autograd.grad(loss, x)
     onehot = torch.nn.functional.one_hot(t, 3).bool()
     assert torch.equal(g[~onehot], torch.zeros_like(g[~onehot]))
-    assert (g[onehot] != 0).all()
+    assert bool((g[onehot] <= 0).all())
+    assert bool((g[onehot] < 0).any())
+
+
+@pytest.mark.parametrize("tau_scale", ["iqr", "logit"])
+def test_default_gradient_is_shift_invariant_and_lowers_negatives(tau_scale):
+    """Default: a common shift of a column changes nothing, so its gradient sums to zero, and the
+    threshold's gradient pushes the negatives around it down (they get a positive gradient)."""
+    data = refs.make_case(3, n=30, num_classes=3)
+    x = data["logits"].clone().requires_grad_(True)
+    t = data["targets"]
+    loss = recall_at_quantile_loss(x, t, quantile=0.3, temperature=0.2, tau_scale=tau_scale)
+    (g,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(g.sum(0), torch.zeros(3, dtype=g.dtype), atol=1e-15, rtol=0)
+    onehot = torch.nn.functional.one_hot(t, 3).bool()
+    assert bool((g[~onehot] >= 0).all())
+    assert bool((g[~onehot] > 0).any())
 
 
 @pytest.mark.parametrize("interpolation", refs.INTERPOLATIONS)

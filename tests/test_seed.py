@@ -339,11 +339,15 @@ def test_snippet_quantile_interpolation_linear() -> None:
     assert loss_fn.quantile_interpolation == "linear"
     logits, targets = torch.randn(200, 4, dtype=torch.float64), torch.randint(0, 4, (200,))
     loss = loss_fn(logits, targets)
-    # The threshold is torch.quantile(column, 1 - q, interpolation="linear") over the whole pool.
+    # The threshold is torch.quantile(column, 1 - q, interpolation="linear") over the whole pool;
+    # the sigmoid's width is temperature (0.1) times the column's inter-quartile range (D12).
     expected = []
     for c in range(4):
-        theta = torch.quantile(logits[:, c], 0.99, interpolation="linear")
-        expected.append(1 - torch.sigmoid((logits[targets == c, c] - theta) / 0.01).mean())
+        theta, upper, lower = torch.quantile(
+            logits[:, c], torch.tensor([0.99, 0.75, 0.25], dtype=torch.float64), interpolation="linear"
+        )
+        tau = 0.1 * (upper - lower)
+        expected.append(1 - torch.sigmoid((logits[targets == c, c] - theta) / tau).mean())
     torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=0, atol=1e-12)
     higher = RecallAtQuantileLoss(num_classes=4, quantile=0.01)(logits, targets)
     assert not torch.equal(loss, higher)
@@ -412,14 +416,29 @@ def test_snippet_choose_surrogate() -> None:
         assert (neg_grad >= 0).all()  # negatives are pushed down
 
 
-def test_trapezoid_gradient_flows_through_positives_only() -> None:
-    loss_fn = PAUCAtBudgetLoss(num_classes=4, alpha=0.0, beta=0.005, surrogate="trapezoid", n_knots=2)
+@pytest.mark.parametrize("detach", [True, False])
+def test_trapezoid_gradient_reaches_positives_and_with_d12_the_negatives_at_the_knots(detach: bool) -> None:
+    """The page's "gradient flows through positives only" is 0.6's gradient (``detach_thresholds=True``).
+
+    By default (D12) the knots pass their gradient on to the negatives around them: the top
+    negative (the knot ``t_alpha`` for ``alpha=0``) is pushed down, and the gradient of each
+    column sums to zero. (The spread's quartiles pass theirs on too, with either sign.)
+    """
+    loss_fn = PAUCAtBudgetLoss(
+        num_classes=4, alpha=0.0, beta=0.005, surrogate="trapezoid", n_knots=2, detach_thresholds=detach
+    )
     logits = torch.randn(400, 4, requires_grad=True)
     targets = torch.randint(0, 4, (400,))
     loss_fn(logits, targets).backward()
     for c in range(4):
-        assert (logits.grad[targets != c, c] == 0).all()
-        assert (logits.grad[targets == c, c] != 0).any()
+        assert (logits.grad[targets == c, c] < 0).any()
+        negatives = logits.grad[targets != c, c]
+        if detach:
+            assert (negatives == 0).all()
+        else:
+            top_negative = logits[targets != c, c].argmax()
+            assert negatives[top_negative] > 0
+            assert abs(float(logits.grad[:, c].sum())) < 1e-6
 
 
 def test_snippet_pos_numerator_live() -> None:
@@ -451,13 +470,20 @@ def test_snippet_pos_numerator_live() -> None:
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
 
 
-def test_pos_numerator_live_undilutes_the_gradient() -> None:
-    """Binary, trapezoid: same thresholds, so grad_live = grad_pool * |P_pool| / |P_live| exactly."""
+@pytest.mark.parametrize("detach", [True, False])
+def test_pos_numerator_live_undilutes_the_gradient(detach: bool) -> None:
+    """Binary, trapezoid: same thresholds, so grad_live = grad_pool * |P_pool| / |P_live| exactly.
+
+    With the knots' gradient passed on (D12, the default) the negatives' share of it comes from
+    every numerator positive, so the exact ratio holds on the positives' rows.
+    """
     torch.manual_seed(1)
     history = [(torch.randn(256, 1), (torch.rand(256) < 0.2).long()) for _ in range(4)]
     grads = {}
     for mode in ("pool", "live"):
-        loss_fn = PAUCAtBudgetLoss(num_classes=1, beta=0.05, pos_numerator=mode, queue_size=4096)
+        loss_fn = PAUCAtBudgetLoss(
+            num_classes=1, beta=0.05, pos_numerator=mode, queue_size=4096, detach_thresholds=detach
+        )
         for x, y in history:
             loss_fn(x, y)
         logits = torch.randn(64, 1, generator=torch.Generator().manual_seed(3)).requires_grad_()
@@ -466,8 +492,9 @@ def test_pos_numerator_live_undilutes_the_gradient() -> None:
         loss_fn(logits, targets).backward()
         grads[mode] = logits.grad.clone()
     n_pool = 3 + sum(int(y.sum()) for _, y in history)
-    torch.testing.assert_close(grads["live"], grads["pool"] * n_pool / 3, rtol=1e-5, atol=1e-9)
-    assert grads["live"].abs().sum() > grads["pool"].abs().sum()
+    rows = slice(None) if detach else slice(0, 3)
+    torch.testing.assert_close(grads["live"][rows], grads["pool"][rows] * n_pool / 3, rtol=1e-5, atol=1e-9)
+    assert grads["live"][rows].abs().sum() > grads["pool"][rows].abs().sum()
 
 
 def test_snippet_diagnostics(capsys: pytest.CaptureFixture[str]) -> None:

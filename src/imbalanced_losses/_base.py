@@ -1,19 +1,20 @@
 """The shared orchestration of the three ranking losses.
 
-``forward`` runs one path: validate -> gather across ranks -> merge with the queue -> drop
-``ignore_index`` rows -> subsample (``max_pool_size``) -> call the functional core ->
-enqueue the live batch -> reduce. The math lives in :mod:`imbalanced_losses.functional`.
+``forward`` runs one path: validate (every argument) -> gather across ranks -> merge with
+the queue -> drop ``ignore_index`` rows -> subsample (``max_pool_size``) -> call the
+functional core -> reduce -> enqueue the live batch. The queue is written last, so a call
+that raises leaves it as it was. The math lives in :mod:`imbalanced_losses.functional`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ._queue import MemoryQueue, Merged
+from ._queue import MemoryQueue, Merged, check_queue_size
 from ._sampling import minimum_quota_indices
 from ._validation import (
     REDUCTIONS,
@@ -41,6 +42,14 @@ from .functional._common import (
 Core = Callable[..., RankingResult]
 
 
+class Step(NamedTuple):
+    """What :meth:`RankingLoss._run` hands to :meth:`RankingLoss._finish`."""
+
+    result: RankingResult  # the core's result on the full class axis
+    local_ids: Tensor  # this rank's normalised target ids (before any all-gather)
+    commit: Callable[[], None]  # writes the live batch to the queue (or nothing); called last
+
+
 class RankingLoss(nn.Module):
     """Base class of the ranking losses: owns the queue, the warn-once flags and the sampling generator.
 
@@ -66,6 +75,7 @@ class RankingLoss(nn.Module):
         super().__init__()
         check_int("num_classes", num_classes, minimum=1)
         check_int("queue_size", queue_size, minimum=0)
+        check_queue_size(queue_size, num_classes)
         temperature = check_float("temperature", temperature, low=0.0)
         check_choice("reduction", reduction, REDUCTIONS)
         check_int("max_pool_size", max_pool_size, minimum=1, allow_none=True)
@@ -112,9 +122,18 @@ class RankingLoss(nn.Module):
         iid_mask: Tensor | None,
         sample_weight: Tensor | None,
         core: Core,
-    ) -> tuple[RankingResult, Tensor]:
-        """Run the shared pipeline; returns the core's result and the local (pre-gather) target ids."""
+        *,
+        return_per_class: bool,
+        return_diagnostics: bool,
+    ) -> Step:
+        """Run the shared pipeline up to the core's result; the queue is written by :meth:`_finish`.
+
+        Every argument of the call is checked before anything else, and the live batch is only
+        enqueued once the result is packaged: a call that raises leaves the queue as it was.
+        """
         num_classes, ignore_index = self.num_classes, self.ignore_index
+        check_bool("return_per_class", return_per_class)
+        check_bool("return_diagnostics", return_diagnostics)
         check_float("temperature", self.temperature, low=0.0)
         if isinstance(iid_mask, bool):
             raise TypeError(
@@ -139,7 +158,8 @@ class RankingLoss(nn.Module):
 
         gathered = resolve_gather(self.gather_distributed)
         if gathered:  # the local slice of `logits` gets the world-size gradient factor (D2)
-            # Every rank must gather the same tensors: a default mask is materialised.
+            # Every rank must gather the same tensors: a default mask is materialised, and
+            # gather_batch gives ranks without a sample_weight ones when another rank has one.
             iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid
             logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
 
@@ -183,23 +203,21 @@ class RankingLoss(nn.Module):
             return out
 
         result = run_on_classes(run, pool, self._class_weights())
-        if kept > 0 and (self.training or self.update_queue_in_eval):
-            self._queue.enqueue(logits, ids, iid, weight)
-        return result, local_ids
+        enqueue = kept > 0 and (self.training or self.update_queue_in_eval)
+
+        def commit() -> None:
+            if enqueue:
+                self._queue.enqueue(logits, ids, iid, weight)
+
+        return Step(result, local_ids, commit)
 
     def _class_weights(self) -> ClassWeight | None:
         return None if self.class_weight is None else ClassWeight(self.class_weight, self._class_keep)
 
-    def _finish(
-        self,
-        result: RankingResult,
-        anchor: Tensor,
-        return_per_class: bool,
-        return_diagnostics: bool = False,
-    ) -> Any:
-        check_bool("return_per_class", return_per_class)
-        return package(
-            result,
+    def _finish(self, step: Step, anchor: Tensor, return_per_class: bool, return_diagnostics: bool = False) -> Any:
+        """Package the result (the flags were checked by :meth:`_run`), then enqueue the live batch."""
+        out = package(
+            step.result,
             reduction=self.reduction,
             anchor=anchor,
             return_per_class=return_per_class,
@@ -207,6 +225,8 @@ class RankingLoss(nn.Module):
             class_weight=self.class_weight,
             checked_finite=self.validate_args,
         )
+        step.commit()
+        return out
 
     def _load_from_state_dict(
         self,

@@ -7,7 +7,35 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .functional._common import compute_dtype
+
 _KEYS = ("_q_logits", "_q_targets", "_q_ptr", "_q_iid", "_q_weight")
+
+#: Ceiling on the memory of the queue's buffers, in bytes (8 GiB). Every call copies the whole
+#: queue into the merged pool and builds ``[M, C]`` masks and sorted copies of it, so a call
+#: needs several times the buffers' size on the loss's device; a queue past this ceiling is
+#: far beyond any useful pool (see ``docs/memory-queue.md``) and almost surely a typo.
+MAX_QUEUE_BYTES = 8 * 2**30
+
+
+def queue_row_bytes(num_classes: int) -> int:
+    """Bytes of one queue slot: ``4 C`` (float32 logits) + 8 (int64 target) + 1 (iid flag) + 4 (float32 weight)."""
+    return 4 * num_classes + 8 + 1 + 4
+
+
+def check_queue_size(queue_size: int, num_classes: int) -> None:
+    """Refuse a queue whose buffers would take more than :data:`MAX_QUEUE_BYTES` (before allocating anything).
+
+    Raises:
+        ValueError: ``queue_size * queue_row_bytes(num_classes) > MAX_QUEUE_BYTES``.
+    """
+    row = queue_row_bytes(num_classes)
+    if queue_size * row > MAX_QUEUE_BYTES:
+        raise ValueError(
+            f"`queue_size` must be at most {MAX_QUEUE_BYTES // row} for num_classes={num_classes} (the queue's "
+            f"buffers take {row} bytes per row and are limited to {MAX_QUEUE_BYTES / 2**30:g} GiB), got "
+            f"{queue_size}, which would take {queue_size * row / 2**30:.1f} GiB."
+        )
 
 
 class Merged(NamedTuple):
@@ -35,9 +63,13 @@ class MemoryQueue(nn.Module):
     wrap-around. The pointer arithmetic stays on the device: no host synchronisation.
 
     Args:
-        capacity: Number of rows ``Q`` (``0`` disables the queue).
+        capacity: Number of rows ``Q`` (``0`` disables the queue); at most
+            ``MAX_QUEUE_BYTES // queue_row_bytes(C)``.
         num_classes: Logit columns ``C``.
         ignore_index: Target value of empty slots.
+
+    Raises:
+        ValueError: The buffers would exceed :data:`MAX_QUEUE_BYTES`.
     """
 
     _q_logits: Tensor
@@ -47,6 +79,7 @@ class MemoryQueue(nn.Module):
     _q_weight: Tensor
 
     def __init__(self, capacity: int, num_classes: int, ignore_index: int) -> None:
+        check_queue_size(capacity, num_classes)
         super().__init__()
         self.capacity = capacity
         self.num_classes = num_classes
@@ -75,14 +108,15 @@ class MemoryQueue(nn.Module):
         self._q_iid.fill_(True)
         self._q_weight.fill_(1.0)
 
-    def match_targets(self, targets: Tensor) -> None:
-        """Give the target buffer the layout of ``targets``: ``[Q]`` class ids or ``[Q, C]`` multi-hot cells.
+    def stored_targets(self, targets: Tensor) -> Tensor:
+        """The target buffer read in the layout of ``targets``: ``[Q]`` class ids or ``[Q, C]`` multi-hot cells.
 
-        An empty queue switches layout silently; a queue holding rows of the other layout raises
-        (mixing the two would silently relabel stored rows).
+        An empty queue of the other layout reads as empty slots of this one (the buffer itself
+        switches on the next :meth:`enqueue`); a queue holding rows of the other layout raises
+        (mixing the two would silently relabel stored rows). Changes nothing.
         """
-        if self.capacity == 0 or targets.ndim == self._q_targets.ndim:
-            return
+        if targets.ndim == self._q_targets.ndim:
+            return self._q_targets
         if bool((self._q_targets != self.ignore_index).any()):
             held, got = ("class ids [Q]", "multi-hot [N, C]") if targets.ndim == 2 else ("multi-hot [Q, C]", "[N]")
             raise ValueError(
@@ -90,30 +124,39 @@ class MemoryQueue(nn.Module):
                 "call reset_queue() before switching between multi-class and multi-label targets."
             )
         shape = (self.capacity, self.num_classes) if targets.ndim == 2 else (self.capacity,)
-        self._q_targets = torch.full(shape, self.ignore_index, dtype=torch.long, device=self._q_targets.device)
+        return torch.full(shape, self.ignore_index, dtype=torch.long, device=self._q_targets.device)
+
+    def match_targets(self, targets: Tensor) -> None:
+        """Give the target buffer the layout of ``targets`` (see :meth:`stored_targets`, which raises the same way)."""
+        if self.capacity > 0 and targets.ndim != self._q_targets.ndim:
+            self._q_targets = self.stored_targets(targets)
 
     def merge(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> Merged:
         """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device.
 
-        ``iid=None`` means every live row is iid. Without a queue the batch is returned as it
-        is, with ``is_live=None`` (every row live): all-ones masks are not built.
+        ``iid=None`` means every live row is iid. The weights are in the computation dtype of
+        ``logits`` (float32 for half precision: stored weights may exceed float16's range). Without
+        a queue the batch is returned as it is, with ``is_live=None`` (every row live): all-ones
+        masks are not built.
         """
-        self.match_targets(targets)
         if self.capacity == 0:
             return Merged(logits, targets, iid, weight, None)
+        stored = self.stored_targets(targets)
         n = logits.shape[0]
         dev = logits.device
         is_live = torch.ones(n, dtype=torch.bool, device=dev)
         if iid is None:
             iid = torch.ones(n, dtype=torch.bool, device=dev)
         if self.weighted and weight is None:
-            weight = torch.ones(n, dtype=logits.dtype, device=dev)
-        q_weight = self._q_weight.to(device=dev, dtype=weight.dtype) if weight is not None else None
+            weight = torch.ones(n, device=dev)
+        if weight is not None:
+            dtype = compute_dtype(logits)
+            weight = torch.cat([weight.to(dtype), self._q_weight.to(device=dev, dtype=dtype)])
         return Merged(
             torch.cat([logits, self._q_logits.to(device=dev, dtype=logits.dtype)]),
-            torch.cat([targets, self._q_targets.to(dev)]),
+            torch.cat([targets, stored.to(dev)]),
             torch.cat([iid, self._q_iid.to(dev)]),
-            None if weight is None else torch.cat([weight, q_weight]),  # type: ignore[list-item]
+            weight,
             torch.cat([is_live, torch.zeros(self.capacity, dtype=torch.bool, device=dev)]),
         )
 
@@ -123,6 +166,7 @@ class MemoryQueue(nn.Module):
         q, n = self.capacity, logits.shape[0]
         if q == 0 or n == 0:
             return
+        self.match_targets(targets)
         if weight is not None:
             self.weighted = True
         elif self.weighted:

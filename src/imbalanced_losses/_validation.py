@@ -21,6 +21,16 @@ from torch import Tensor
 REDUCTIONS = ("mean", "sum", "none")
 INTERPOLATIONS = ("linear", "lower", "higher", "nearest", "midpoint")
 
+#: The smallest temperature accepted by every ranking loss (module and functional forms).
+#: The losses compute in float32 at least (half precision is promoted) and divide score
+#: differences by the temperature: the slope of a tied pair is ``1 / (4 tau)``, and pAUC's
+#: effective temperature is ``temperature * dispersion`` with a dispersion above ``1e-12``.
+#: From ``1e-20`` up, ``1 / tau`` stays below ``1e32`` (pAUC) or ``1e20`` in float32 (max
+#: ``3.4e38``): room for sums of a million slopes. Below it (e.g. ``1e-45``, a float32
+#: subnormal, or ``1e-39``, whose reciprocal overflows) values or gradients turn into
+#: ``inf``/``nan``. In logit units ``1e-20`` is already a hard step: nothing is lost.
+TEMPERATURE_MIN = 1e-20
+
 
 class ArgumentTypeError(TypeError, ValueError):
     """A hyperparameter of the wrong Python type.
@@ -59,6 +69,8 @@ def check_float(
     """Require a finite real number inside an interval and return it as ``float``.
 
     ``low_open``/``high_open`` choose open or closed interval ends; ``None`` means unbounded.
+    A value named ``temperature`` must also be at least :data:`TEMPERATURE_MIN`: every ranking
+    loss checks its temperature here (constructors, each module call, the functional forms).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
@@ -77,6 +89,11 @@ def check_float(
         bad = bad or (out >= high if high_open else out > high)
     if bad:
         raise ValueError(f"`{name}` must be a finite number in {lo_txt}, {hi_txt}, got {value!r}.")
+    if name == "temperature" and 0.0 < out < TEMPERATURE_MIN:
+        raise ValueError(
+            f"`temperature` must be a finite number >= {TEMPERATURE_MIN:g} (smaller temperatures overflow "
+            f"1 / temperature and the sigmoid slopes in float32), got {value!r}."
+        )
     return out
 
 
@@ -113,9 +130,13 @@ def check_logits(logits: Any, num_classes: int | None = None, name: str = "logit
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {logits.dtype}.")
     if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
         want = f"[N, {num_classes}]" if num_classes is not None else "[N, C]"
-        raise ValueError(
-            f"`{name}` must have shape {want} (flatten sequence dimensions first), got shape {tuple(logits.shape)}."
-        )
+        if logits.ndim == 1 and num_classes in (None, 1):
+            hint = f"binary scores of shape [N] need a class dim: pass `{name}.unsqueeze(1)`"
+        elif logits.ndim > 2:
+            hint = "flatten sequence dimensions first"
+        else:
+            hint = "one column per class"
+        raise ValueError(f"`{name}` must have shape {want} ({hint}), got shape {tuple(logits.shape)}.")
     return logits
 
 

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ._base import RankingLoss
-from ._validation import check_bool
 from .functional.smooth_ap import smooth_ap_core
 
 __all__ = ["SmoothAPLoss"]
@@ -30,8 +29,11 @@ class SmoothAPLoss(RankingLoss):
     Args:
         num_classes: Logit columns ``C``; ``1`` is binary mode (targets in ``{0, 1}``).
         queue_size: Rows kept from past batches (``0`` disables the queue).
-        temperature: Sigmoid temperature :math:`\tau` in logit units (a mutable attribute,
-            read on every call; schedulers may change it).
+            At most 8 GiB of buffers (``4 C + 13`` bytes a row: float32 logits, int64 target,
+            iid flag, float32 weight), e.g. about 505 million rows for ``C = 1``; a larger
+            value (usually a typo) raises ``ValueError`` before anything is allocated.
+        temperature: Sigmoid temperature :math:`\tau` in logit units, ``>= 1e-20`` (a mutable
+            attribute, checked on every call; schedulers may change it).
         reduction: ``'mean'`` over valid classes, ``'sum'``, or ``'none'`` (``[C]``).
         ignore_index: Target value of rows to leave out (they are still enqueued).
         update_queue_in_eval: Also update the queue in eval mode (default: frozen).
@@ -116,13 +118,16 @@ class SmoothAPLoss(RankingLoss):
             ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
             ``(loss, per_class, valid, stats)``.
         """
-        check_bool("return_diagnostics", return_diagnostics)
-        temperature = float(self.temperature)
-        result, _ = self._run(
+        temperature = self.temperature
+        step = self._run(
             logits,
             targets,
             iid_mask,
             sample_weight,
-            lambda pool, iid, live: smooth_ap_core(pool, temperature=temperature, diagnostics=return_diagnostics),
+            lambda pool, iid, live: smooth_ap_core(
+                pool, temperature=float(temperature), diagnostics=return_diagnostics
+            ),
+            return_per_class=return_per_class,
+            return_diagnostics=return_diagnostics,
         )
-        return self._finish(result, logits, return_per_class, return_diagnostics)
+        return self._finish(step, logits, return_per_class, return_diagnostics)

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .functional._common import compute_dtype
+
 __all__ = ["all_gather_no_grad", "all_gather_with_grad", "resolve_gather"]
 
 
@@ -89,10 +91,13 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def _row_counts(n: int, device: torch.device) -> list[int]:
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-    return [int(s) for s in sizes]
+def _row_counts(n: int, device: torch.device, flags: tuple[bool, ...] = ()) -> tuple[list[int], list[bool]]:
+    """Every rank's row count, and per flag whether any rank set it: one all-gather of ``[1 + F]`` integers."""
+    send = torch.tensor([n, *flags], dtype=torch.long, device=device)
+    pieces = [torch.zeros_like(send) for _ in range(dist.get_world_size())]
+    dist.all_gather(pieces, send)
+    table = torch.stack(pieces).tolist()
+    return [int(row[0]) for row in table], [any(row[1 + i] for row in table) for i in range(len(flags))]
 
 
 def _gather(tensor: Tensor, counts: list[int]) -> list[Tensor]:
@@ -140,7 +145,7 @@ def all_gather_with_grad(tensor: Tensor, *, scale_grad_by_world_size: bool = Fal
     if world == 1:
         return tensor
     factor = float(world) if scale_grad_by_world_size else 1.0
-    return _gather_with_grad(tensor, _row_counts(tensor.shape[0], tensor.device), factor)
+    return _gather_with_grad(tensor, _row_counts(tensor.shape[0], tensor.device)[0], factor)
 
 
 def all_gather_no_grad(tensor: Tensor) -> Tensor:
@@ -158,7 +163,7 @@ def all_gather_no_grad(tensor: Tensor) -> Tensor:
     _require_initialized("all_gather_no_grad")
     if dist.get_world_size() == 1:
         return tensor
-    return torch.cat(_gather(tensor, _row_counts(tensor.shape[0], tensor.device)))
+    return torch.cat(_gather(tensor, _row_counts(tensor.shape[0], tensor.device)[0]))
 
 
 def gather_batch(logits: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
@@ -168,6 +173,12 @@ def gather_batch(logits: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     by the world size ``W`` in the backward pass (the module docstring explains why: after
     DDP averages, parameter gradients equal the single-process ones). The others are gathered
     as constants.
+
+    The ranks agree on which companions exist in the same collective as the row counts (no
+    extra one): a companion that is ``None`` on every rank stays ``None``; one that is ``None``
+    on some ranks only (e.g. ``sample_weight``) is taken as ones ``[n_r]`` on those ranks, in
+    the computation dtype of ``logits`` (float32 for half precision), so that every rank issues
+    the same collectives.
 
     Args:
         logits: ``[n_r, ...]`` local scores (the tensor that carries gradient).
@@ -179,9 +190,12 @@ def gather_batch(logits: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     world = dist.get_world_size()
     if world == 1:
         return (logits, *others)  # type: ignore[arg-type]
-    counts = _row_counts(logits.shape[0], logits.device)
+    n = logits.shape[0]
+    counts, present = _row_counts(n, logits.device, tuple(t is not None for t in others))
     out: list[Tensor | None] = [_gather_with_grad(logits, counts, float(world))]
-    for t in others:
+    for t, anywhere in zip(others, present, strict=True):
+        if t is None and anywhere:
+            t = torch.ones(n, dtype=compute_dtype(logits), device=logits.device)
         out.append(None if t is None else torch.cat(_gather(t, counts)))
     return tuple(out)  # type: ignore[arg-type]
 

@@ -56,7 +56,8 @@ class SigmoidFocalLoss(nn.Module):
 
     Shape:
         - inputs: ``(*)`` logits; targets: the same shape, labels in ``[0, 1]``.
-        - sample_weight: dim 0 of size ``N`` and expandable to ``inputs.shape``.
+        - sample_weight: ``(N,)`` (one weight per row), ``(N, 1)``, ``(N, C)`` or the full
+          shape: dims matched with ``inputs``' from the left, then expanded to ``inputs.shape``.
         - output: scalar, or ``(*)`` for ``reduction='none'``.
 
     Example:
@@ -65,7 +66,7 @@ class SigmoidFocalLoss(nn.Module):
         >>> loss_fn = SigmoidFocalLoss(alpha=0.25, gamma=2.0)
         >>> inputs = torch.randn(8, 3, requires_grad=True)
         >>> targets = torch.randint(0, 2, (8, 3)).float()
-        >>> loss = loss_fn(inputs, targets, sample_weight=torch.ones(8, 1))
+        >>> loss = loss_fn(inputs, targets, sample_weight=torch.ones(8))  # one weight per row
         >>> loss.backward()
         >>> loss.shape, inputs.grad.shape
         (torch.Size([]), torch.Size([8, 3]))
@@ -105,8 +106,9 @@ class SigmoidFocalLoss(nn.Module):
         Args:
             inputs: Logits of any shape.
             targets: Labels in ``[0, 1]``, same shape as ``inputs``.
-            sample_weight: Optional non-negative weights, dim 0 of size ``N``, expandable to
-                ``inputs.shape``.
+            sample_weight: Optional non-negative weights with dim 0 of size ``N``; their dims
+                are matched with ``inputs``' from the left, so ``(N,)`` is one weight per row,
+                then expanded to ``inputs.shape``.
 
         Returns:
             The reduced loss (0-d), or the elementwise loss for ``reduction='none'``.

@@ -20,6 +20,9 @@ Cost: one sort of the ``[C, M]`` columns (or one selection), ``O(C M log M)`` ti
 
 from __future__ import annotations
 
+import math
+from typing import overload
+
 import torch
 from torch import Tensor
 
@@ -34,10 +37,18 @@ from ._validation import (
 from ._warnings import warn
 from .functional._common import class_masks, compute_dtype, masked_column_quantiles, order_statistics, validate_batch
 
-__all__ = ["average_precision", "coverage_at_budget", "partial_auc", "recall_at_quantile"]
+__all__ = ["average_precision", "budget_rows", "coverage_at_budget", "partial_auc", "recall_at_quantile"]
 
 #: Accepted values of ``partial_auc(normalize=...)``.
 NORMALIZATIONS = ("band", "mcclish", None)
+
+#: Relative amount taken off the float64 product ``budget * n`` before its ceiling in
+#: :func:`budget_rows`: 4 machine epsilons (2**-50), i.e. 4 to 8 units in the last place of the
+#: product. Representing ``budget`` in binary and rounding the product err by at most about
+#: 2 units in the last place, so a product meant to be an integer ``m`` (``0.07 * 100`` is
+#: ``7.000000000000001``) lands strictly below ``m``, while any excess a float64 budget can
+#: actually express (relative ``> 2**-50``) still adds its row.
+BUDGET_ROWS_SLACK = 2.0**-50
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,8 +464,67 @@ def partial_auc(
 # Coverage at budget
 
 
+@overload
+def budget_rows(budget: float, n: int) -> int: ...
+
+
+@overload
+def budget_rows(budget: float, n: Tensor) -> Tensor: ...
+
+
+def budget_rows(budget: float, n: int | Tensor) -> int | Tensor:
+    r"""Number of rows ``k`` flagged by an alert budget: ``ceil(budget * n)``, at least 1, at most ``n``.
+
+    The rule, shared by :func:`coverage_at_budget` and everything that reads a budget as a row
+    count:
+
+    .. math::
+        k = \min\bigl(n,\ \max\bigl(1,\ \lceil \mathrm{fl}(b\,n)\,(1 - 2^{-50}) \rceil\bigr)\bigr),
+
+    with :math:`\mathrm{fl}(b\,n)` the float64 product. The factor :math:`1 - 2^{-50}` removes
+    the row that float rounding alone would add: ``0.07 * 100`` is ``7.000000000000001`` in
+    float64, so a plain ``math.ceil(budget * n)`` flags 8 rows where 7 are meant. A product
+    within 4 machine epsilons (relative) above an integer counts as that integer, which is
+    below the resolution of a float64 budget; a larger excess (``0.07 + 1e-12``) keeps its
+    row. For a budget written with ``q`` decimals (``0.07``: ``q = 2``; basis points:
+    ``q <= 4``) and ``n * 10**q < 10**14``, ``k`` equals the exact
+    ``ceil(Fraction(str(budget)) * n)`` (clamped the same way). ``n = 0`` gives ``k = 0``.
+
+    Args:
+        budget: Fraction :math:`b \in (0, 1]` of the rows, e.g. ``0.005`` for 50 bps.
+        n: Number of rows: a non-negative ``int``, or an integer tensor of counts (e.g. one
+            per class, on any device; computed in float64 there, on the host for MPS).
+
+    Returns:
+        ``k`` as an ``int``, or an int64 tensor shaped and placed like ``n``.
+
+    Raises:
+        ValueError: ``budget`` not in ``(0, 1]``, or a negative ``int`` ``n``.
+        TypeError: ``budget`` not a real number; ``n`` neither an ``int`` nor an integer tensor.
+
+    Example:
+        >>> import math
+        >>> from imbalanced_losses.metrics import budget_rows
+        >>> math.ceil(0.07 * 100), budget_rows(0.07, 100)
+        (8, 7)
+        >>> budget_rows(0.005, 50_000), budget_rows(1e-6, 100)
+        (250, 1)
+    """
+    budget = check_float("budget", budget, low=0.0, high=1.0, low_open=True, high_open=False)
+    scale = 1.0 - BUDGET_ROWS_SLACK
+    if isinstance(n, Tensor):
+        if n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
+            raise TypeError(f"`n` must be an int or an integer tensor of row counts, got a tensor of dtype {n.dtype}.")
+        counts = n.detach().long()
+        host = counts.cpu() if counts.device.type == "mps" else counts  # MPS has no float64
+        k = torch.ceil(host.to(torch.float64) * budget * scale).long().clamp_min(1)
+        return torch.minimum(k.to(counts.device), counts)
+    check_int("n", n, minimum=0)
+    return min(n, max(1, math.ceil(budget * n * scale)))
+
+
 def coverage_at_budget_from_masks(scores: Tensor, pos: Tensor, neg: Tensor, *, budget: float) -> Tensor:
-    """Top-``ceil(budget * n)`` recall of each column (no validation); see :func:`coverage_at_budget`.
+    """Top-``k`` recall of each column, ``k = budget_rows(budget, n)`` (no validation); see :func:`coverage_at_budget`.
 
     Args:
         scores: ``[M, C]`` scores.
@@ -471,8 +541,7 @@ def coverage_at_budget_from_masks(scores: Tensor, pos: Tensor, neg: Tensor, *, b
     n_pos = pos.sum(0)
     if x.shape[0] == 0:
         return _nan_result(x)
-    # k = max(1, ceil(budget * n)) with Python's float64 product, as `math.ceil(budget * n)`.
-    k = torch.minimum(torch.ceil(n.to(_acc_dtype(x.device)) * budget).long().clamp_min(1), n)
+    k = budget_rows(budget, n)  # [C]: max(1, ceil(budget * n)) without float rounding's extra row
     # The k-th highest member score: rank n - k among the members in ascending order.
     v = order_statistics(x.t(), member.t(), (n - k).unsqueeze(0))[0]  # [C]
     above = member & (x > v)
@@ -496,9 +565,11 @@ def coverage_at_budget(
     r"""Coverage at an alert budget: the share of positives among the top ``budget`` of the rows.
 
     With :math:`n_c` the rows taking part in class :math:`c` (positives and negatives) and
-    :math:`k_c = \max(1, \lceil b\, n_c \rceil)` (the product :math:`b\, n_c` in float64, as
-    ``math.ceil(budget * n)``), the coverage is the number of positives among the :math:`k_c`
-    highest scores divided by the number of positives.
+    :math:`k_c = \max(1, \lceil b\, n_c \rceil)` rows flagged, the coverage is the number of
+    positives among the :math:`k_c` highest scores divided by the number of positives.
+    :math:`k_c` is :func:`budget_rows`\ ``(budget, n_c)``: the ceiling of the float64 product
+    less 4 machine epsilons (relative), so that float rounding cannot add a row
+    (``budget=0.07`` on 100 rows flags 7, where ``math.ceil(0.07 * 100)`` is 8).
 
     Tie rule: when a tie group straddles the :math:`k_c`-th position, its members share the
     remaining slots evenly, i.e. the result is the expected coverage under a uniformly random

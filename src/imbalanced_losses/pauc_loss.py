@@ -19,13 +19,16 @@ __all__ = ["PAUCAtBudgetLoss"]
 class PAUCAtBudgetLoss(RankingLoss):
     r"""Partial AUC over the false-positive band ``[alpha, beta]``, per class.
 
-    Thresholds :math:`t_\alpha = Q_{1-\alpha}`, :math:`t_\beta = Q_{1-\beta}` are detached
-    quantiles of the iid negatives (``budget_basis='fpr'``) or of every iid row
-    (``'population'``) of the pool (live + queue); the temperature is a multiplier of the
-    reference dispersion (inter-quartile range or band width). ``'trapezoid'`` averages the
-    soft TPR over ``n_knots`` FPR knots of the band (gradient to positives only);
-    ``'pairwise'`` contrasts positives with the negatives inside the band (band negatives get
-    gradient too). See :func:`imbalanced_losses.functional.pauc_at_budget_loss` for the math.
+    Thresholds :math:`t_\alpha = Q_{1-\alpha}`, :math:`t_\beta = Q_{1-\beta}` are quantiles
+    of the iid negatives (``budget_basis='fpr'``) or of every iid row (``'population'``) of
+    the pool (live + queue); the temperature is a multiplier of the reference dispersion
+    (inter-quartile range or band width). ``'trapezoid'`` averages the soft TPR over
+    ``n_knots`` FPR knots of the band; its knots and dispersion keep their exact values but
+    pass their gradient on to the reference negatives around them, so the negatives at the
+    knots are pushed down as the positives are pushed up (``detach_thresholds=True``: 0.6's
+    gradient, positives only, whose logit scale can run away). ``'pairwise'`` contrasts
+    positives with the negatives inside the band (band negatives get gradient too; its band
+    edges only select the band). See :func:`imbalanced_losses.functional.pauc_at_budget_loss` for the math.
 
     Args:
         num_classes: Logit columns ``C``; ``1`` is binary mode.
@@ -38,8 +41,11 @@ class PAUCAtBudgetLoss(RankingLoss):
         pos_numerator: ``'pool'`` (all pooled positives) or ``'live'`` (current batch only;
             the queue still feeds the thresholds).
         budget_basis: ``'fpr'`` (iid negatives) or ``'population'`` (all iid rows).
-        queue_size: Rows kept from past batches.
-        temperature: Dimensionless multiplier of the dispersion (default ``0.1``).
+        queue_size: Rows kept from past batches (``0`` disables the queue).
+            At most 8 GiB of buffers (``4 C + 13`` bytes a row: float32 logits, int64 target,
+            iid flag, float32 weight), e.g. about 505 million rows for ``C = 1``; a larger
+            value (usually a typo) raises ``ValueError`` before anything is allocated.
+        temperature: Dimensionless multiplier of the dispersion (default ``0.1``), ``>= 1e-20``.
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
         ignore_index: Target value of rows to leave out.
         update_queue_in_eval: Also update the queue in eval mode.
@@ -51,6 +57,8 @@ class PAUCAtBudgetLoss(RankingLoss):
         class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
             becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
             not computed at all. Fixed at construction; not saved in the state dict.
+        detach_thresholds: ``True`` treats the trapezoid's knots and dispersion as constants
+            (0.6's gradient); no effect on ``'pairwise'``.
 
     Shape:
         - logits: ``[N, C]``; targets: ``[N]``, or ``[N, C]`` multi-hot; iid_mask, sample_weight: ``[N]``.
@@ -79,6 +87,7 @@ class PAUCAtBudgetLoss(RankingLoss):
         generator: torch.Generator | None = None,
         validate_args: bool = True,
         class_weight: Tensor | Sequence[float] | None = None,
+        detach_thresholds: bool = False,
     ) -> None:
         alpha, beta = check_pauc_args(
             alpha=alpha,
@@ -90,6 +99,7 @@ class PAUCAtBudgetLoss(RankingLoss):
             budget_basis=budget_basis,
         )
         check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+        check_bool("detach_thresholds", detach_thresholds)
         super().__init__(
             num_classes,
             queue_size,
@@ -111,9 +121,19 @@ class PAUCAtBudgetLoss(RankingLoss):
         self.pos_numerator = pos_numerator
         self.budget_basis = budget_basis
         self.quantile_interpolation = quantile_interpolation
+        self.detach_thresholds = detach_thresholds
 
     def _extra_repr_names(self) -> list[str]:
-        return ["alpha", "beta", "surrogate", "n_knots", "tau_scale", "pos_numerator", "budget_basis"]
+        return [
+            "alpha",
+            "beta",
+            "surrogate",
+            "n_knots",
+            "tau_scale",
+            "pos_numerator",
+            "budget_basis",
+            "detach_thresholds",
+        ]
 
     def forward(
         self,
@@ -143,7 +163,6 @@ class PAUCAtBudgetLoss(RankingLoss):
             ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
             ``(loss, per_class, valid, stats)``.
         """
-        check_bool("return_diagnostics", return_diagnostics)
         core = functools.partial(
             pauc_at_budget_core,
             diagnostics=return_diagnostics,
@@ -154,12 +173,20 @@ class PAUCAtBudgetLoss(RankingLoss):
             tau_scale=self.tau_scale,
             pos_numerator=self.pos_numerator,
             budget_basis=self.budget_basis,
-            temperature=float(self.temperature),
             interpolation=self.quantile_interpolation,
+            detach_thresholds=self.detach_thresholds,
         )
-        result, local_ids = self._run(
-            logits, targets, iid_mask, sample_weight, lambda pool, iid, live: core(pool, iid=iid, live=live)
+        temperature = self.temperature  # checked by _run before the core runs
+        step = self._run(
+            logits,
+            targets,
+            iid_mask,
+            sample_weight,
+            lambda pool, iid, live: core(pool, iid=iid, live=live, temperature=float(temperature)),
+            return_per_class=return_per_class,
+            return_diagnostics=return_diagnostics,
         )
+        result = step.result
         if result.degenerate is not None and bool(result.degenerate.any()):
             self._warn_once(
                 "dispersion",
@@ -167,11 +194,11 @@ class PAUCAtBudgetLoss(RankingLoss):
             )
         if result.stats is not None:
             # Live positives of *this rank* (before any all-gather): the rows this rank's backward reaches.
-            counts = _count_positives(local_ids, self.num_classes)
+            counts = _count_positives(step.local_ids, self.num_classes)
             if self.class_weight is not None:  # classes of weight 0 were not computed
                 counts = counts * (self.class_weight > 0).to(counts.device)
             result.stats["grad_pos_count"] = counts
-        return self._finish(result, logits, return_per_class, return_diagnostics)
+        return self._finish(step, logits, return_per_class, return_diagnostics)
 
 
 def _count_positives(ids: Tensor, num_classes: int) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._base import RankingLoss
 from ._validation import INTERPOLATIONS, check_bool, check_choice, check_float
-from .functional.recall_at_quantile import recall_at_quantile_core
+from .functional.recall_at_quantile import RECALL_TAU_SCALES, recall_at_quantile_core
 
 __all__ = ["RecallAtQuantileLoss"]
 
@@ -19,18 +19,28 @@ class RecallAtQuantileLoss(RankingLoss):
     r"""Soft recall of each class above the pool's top-``quantile`` score threshold.
 
     .. math::
-        \theta_c = Q_{1-q}(\mathrm{sg}(s_{\cdot c})), \qquad
-        L_c = 1 - \frac{1}{|P_c|}\sum_{i \in P_c} \sigma\!\left(\frac{s_i - \theta_c}{\tau}\right)
+        \theta_c = Q_{1-q}(s_{\cdot c}), \qquad
+        \tau_c = \tau \cdot \big(Q_{0.75}(s_{\cdot c}) - Q_{0.25}(s_{\cdot c})\big), \qquad
+        L_c = 1 - \frac{1}{|P_c|}\sum_{i \in P_c} \sigma\!\left(\frac{s_i - \theta_c}{\tau_c}\right)
 
     with :math:`Q` the quantile over every pooled row (live + queue) using
-    ``quantile_interpolation``. Only positives receive gradient. See
-    :func:`imbalanced_losses.functional.recall_at_quantile_loss`.
+    ``quantile_interpolation``. The threshold and the quartiles keep their exact values, but
+    their gradient reaches the negatives around them (see
+    :func:`imbalanced_losses.functional.recall_at_quantile_loss`): positives are pushed up,
+    the negatives at the cut down, and a common shift or rescaling of the scores gains
+    nothing, so the logit scale cannot run away. ``tau_scale="logit", detach_thresholds=True,
+    temperature=0.01`` is 0.6's loss and gradient exactly.
 
     Args:
         num_classes: Logit columns ``C``; ``1`` is binary mode.
         quantile: Alert budget :math:`q \in (0, 1)` (``0.005`` = top 50 bps).
         queue_size: Rows kept from past batches (``0`` disables the queue).
-        temperature: Sigmoid temperature :math:`\tau` in logit units.
+            At most 8 GiB of buffers (``4 C + 13`` bytes a row: float32 logits, int64 target,
+            iid flag, float32 weight), e.g. about 505 million rows for ``C = 1``; a larger
+            value (usually a typo) raises ``ValueError`` before anything is allocated.
+        temperature: Sigmoid temperature :math:`\tau` (``>= 1e-20``): a multiple of the pool's
+            inter-quartile range (``tau_scale='iqr'``, default ``0.1``), or logits
+            (``tau_scale='logit'``; 0.6's default was ``0.01`` logits).
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
         ignore_index: Target value of rows to leave out.
         update_queue_in_eval: Also update the queue in eval mode.
@@ -43,6 +53,11 @@ class RecallAtQuantileLoss(RankingLoss):
         class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
             becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
             not computed at all. Fixed at construction; not saved in the state dict.
+        tau_scale: ``'iqr'`` (default): ``temperature`` multiplies the inter-quartile range of
+            the pooled scores of the class (logit units where that range is ``<= 1e-12``);
+            ``'logit'``: ``temperature`` is in logits, as in 0.6.
+        detach_thresholds: ``True`` treats the threshold and quartiles as constants (0.6's
+            gradient: positives only); the default lets their gradient reach the negatives.
 
     Shape:
         - logits: ``[N, C]``; targets: ``[N]``, or ``[N, C]`` multi-hot; iid_mask, sample_weight: ``[N]``.
@@ -54,7 +69,7 @@ class RecallAtQuantileLoss(RankingLoss):
         num_classes: int,
         quantile: float = 0.005,
         queue_size: int = 1024,
-        temperature: float = 0.01,
+        temperature: float = 0.1,
         reduction: str = "mean",
         ignore_index: int = -100,
         update_queue_in_eval: bool = False,
@@ -65,9 +80,13 @@ class RecallAtQuantileLoss(RankingLoss):
         generator: torch.Generator | None = None,
         validate_args: bool = True,
         class_weight: Tensor | Sequence[float] | None = None,
+        tau_scale: str = "iqr",
+        detach_thresholds: bool = False,
     ) -> None:
         quantile = check_float("quantile", quantile, low=0.0, high=1.0)
         check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+        check_choice("tau_scale", tau_scale, RECALL_TAU_SCALES)
+        check_bool("detach_thresholds", detach_thresholds)
         super().__init__(
             num_classes,
             queue_size,
@@ -83,9 +102,11 @@ class RecallAtQuantileLoss(RankingLoss):
         )
         self.quantile = quantile
         self.quantile_interpolation = quantile_interpolation
+        self.tau_scale = tau_scale
+        self.detach_thresholds = detach_thresholds
 
     def _extra_repr_names(self) -> list[str]:
-        return ["quantile", "quantile_interpolation"]
+        return ["quantile", "quantile_interpolation", "tau_scale", "detach_thresholds"]
 
     def forward(
         self,
@@ -112,9 +133,8 @@ class RecallAtQuantileLoss(RankingLoss):
             ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
             ``(loss, per_class, valid, stats)``.
         """
-        check_bool("return_diagnostics", return_diagnostics)
-        temperature, quantile, interpolation = float(self.temperature), self.quantile, self.quantile_interpolation
-        result, _ = self._run(
+        temperature, quantile, interpolation = self.temperature, self.quantile, self.quantile_interpolation
+        step = self._run(
             logits,
             targets,
             iid_mask,
@@ -122,9 +142,13 @@ class RecallAtQuantileLoss(RankingLoss):
             lambda pool, iid, live: recall_at_quantile_core(
                 pool,
                 quantile=quantile,
-                temperature=temperature,
+                temperature=float(temperature),
                 interpolation=interpolation,
+                detach_thresholds=self.detach_thresholds,
+                tau_scale=self.tau_scale,
                 diagnostics=return_diagnostics,
             ),
+            return_per_class=return_per_class,
+            return_diagnostics=return_diagnostics,
         )
-        return self._finish(result, logits, return_per_class, return_diagnostics)
+        return self._finish(step, logits, return_per_class, return_diagnostics)

@@ -9,10 +9,12 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._validation import check_bool, check_float, check_int, check_optional_bool
 from ._warnings import WarnOnce, warn
+from .focal_loss import SigmoidFocalLoss
 
 __all__ = ["LossWarmupWrapper"]
 
@@ -22,6 +24,9 @@ _ARMED = -1
 #: ``on_train_epoch_start``; step mode: ``on_train_batch_start``) never called, after which the
 #: wrapper warns that the warm-up can never end.
 _HOOK_GRACE = 100
+#: Warm-up losses that score every logit on its own and need targets shaped like the logits;
+#: the wrapper hands them the ranking losses' class ids in that layout (see ``_elementwise_targets``).
+ELEMENTWISE_WARMUP_LOSSES: tuple[type[nn.Module], ...] = (nn.BCEWithLogitsLoss, SigmoidFocalLoss)
 
 
 class LossWarmupWrapper(nn.Module):
@@ -52,6 +57,36 @@ class LossWarmupWrapper(nn.Module):
     both hooks in either mode: the epoch hook drives the phases (epoch mode) and the optional
     per-epoch queue reset, the batch hook drives the latch and the temperature decay.
 
+    **The temperature decay counts global steps in both modes.** ``temp_decay_steps`` is a
+    number of batches (optimizer steps) after the latch, also in epoch mode, and its default
+    (10,000) is longer than many runs: the temperature then never reaches ``temp_end``. To end
+    the decay with the training, size it from your loop: in epoch mode
+    ``steps_per_epoch * (epochs - warmup_epochs)``, in step mode ``total_steps - warmup_steps``.
+
+    **Two return forms.** During the warm-up the wrapper returns what ``warmup_loss`` returns
+    (a 0-d tensor for the usual losses), even when ``return_per_class=True`` or
+    ``return_diagnostics=True`` is passed: those go to the main loss only, which does not run
+    yet. From the blend on it returns what ``main_loss`` returns, so a tuple ``(loss, ...)``
+    when such a flag is set. This is ``imbalanced-losses`` 0.6's behaviour, kept for drop-in
+    compatibility; a loop that asks for diagnostics handles both forms:
+
+    .. code-block:: python
+
+        out = loss_fn(logits, targets, return_diagnostics=True)
+        loss, stats = (out, None) if isinstance(out, Tensor) else out  # None during the warm-up
+
+    **Element-wise warm-up losses.** :class:`torch.nn.BCEWithLogitsLoss` and
+    :class:`~imbalanced_losses.SigmoidFocalLoss` need targets shaped like the logits, while
+    the ranking losses take ``[N]`` class ids. For these warm-up losses the wrapper converts
+    ``[N]`` (or ``[N, 1]``) targets against ``[N, C]`` logits: for ``C == 1`` to the float
+    labels ``targets.unsqueeze(1)`` (values in ``[0, 1]``), for ``C > 1`` to a float one-hot
+    ``[N, C]`` (ids in ``[0, C)``). Targets already shaped like the logits (multi-hot) are
+    passed on, cast to the logits' dtype when they are integer or bool. The logits are never
+    changed, so a ``pos_weight`` of shape ``[C]`` (``[1]`` for binary) applies per column.
+    Rows equal to a ``SigmoidFocalLoss``'s own ``ignore_index`` stay ignored (a row of
+    ``ignore_index``); other targets (e.g. ``-100`` rows for ``BCEWithLogitsLoss``) raise a
+    ``ValueError``. Other warm-up losses get the targets unchanged.
+
     The schedule position (epoch, global step, latch step, whether the batch hook was seen,
     temperature) is saved under the state-dict key ``_extra_state`` as a plain dict, so it
     survives ``torch.load(..., weights_only=True)`` and a resume neither re-latches nor wipes
@@ -72,7 +107,8 @@ class LossWarmupWrapper(nn.Module):
             temperature is a dimensionless multiplier (its default is ``0.1``), so set them.
         temp_end: Temperature reached after ``temp_decay_steps`` steps, ``> 0`` (may exceed
             ``temp_start``: the schedule then increases).
-        temp_decay_steps: Steps of the geometric decay, ``>= 1``.
+        temp_decay_steps: Global steps (batches) of the geometric decay after the latch,
+            ``>= 1``, in epoch mode too; see above for sizing it to a run.
         blend_epochs: Blend length in epochs (epoch mode), ``>= 0``.
         warmup_steps: Warm-up length in global steps; giving it selects step mode.
         blend_steps: Blend length in global steps (step mode only).
@@ -357,7 +393,14 @@ class LossWarmupWrapper(nn.Module):
             In the warm-up, whatever ``warmup_loss`` returns. Afterwards, what ``main_loss``
             returns, with its scalar (the first element of a tuple) replaced by
             ``(1 - w) * warmup + w * main`` while ``w < 1``; the other elements of a tuple
-            (per-class values, diagnostics) are the main loss's, unblended.
+            (per-class values, diagnostics) are the main loss's, unblended. So with
+            ``return_per_class``/``return_diagnostics`` the result is a scalar during the
+            warm-up and a tuple after it (0.6's behaviour; see the class docstring).
+
+        Raises:
+            ValueError: An element-wise warm-up loss (:data:`ELEMENTWISE_WARMUP_LOSSES`) gets
+                ``[N]`` targets that are not labels in ``[0, 1]`` (``C == 1``) or class ids in
+                ``[0, C)``.
         """
         if self.in_warmup:
             hook_seen = self._batch_hook_seen if self._step_mode else self._epoch_hook_seen
@@ -397,6 +440,9 @@ class LossWarmupWrapper(nn.Module):
         )
 
     def _warmup_forward(self, logits: Tensor, targets: Tensor, kwargs: Mapping[str, Any]) -> Any:
+        if isinstance(self.warmup_loss, ELEMENTWISE_WARMUP_LOSSES):
+            ignore = self.warmup_loss.ignore_index if isinstance(self.warmup_loss, SigmoidFocalLoss) else None
+            targets = _elementwise_targets(logits, targets, type(self.warmup_loss).__name__, ignore)
         if "sample_weight" in kwargs and self._warmup_takes_sample_weight:
             return self.warmup_loss(logits, targets, sample_weight=kwargs["sample_weight"])
         return self.warmup_loss(logits, targets)
@@ -460,6 +506,52 @@ class LossWarmupWrapper(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def _elementwise_targets(logits: Any, targets: Any, loss_name: str, ignore_index: float | None = None) -> Any:
+    """The ranking losses' targets in the layout of an element-wise loss: shaped and typed like ``logits``.
+
+    ``[N]``/``[N, 1]`` targets against ``[N, C]`` logits become float ``[N, 1]`` labels
+    (``C == 1``) or a float one-hot ``[N, C]`` (``C > 1``); a row equal to ``ignore_index`` (the
+    loss's own, when it has one) becomes a row of ``ignore_index``. Integer or bool targets
+    already of the logits' shape are cast to their dtype. Anything else is returned as it is,
+    for the loss to report.
+
+    Raises:
+        ValueError: ``[N]`` targets outside ``[0, 1]`` (``C == 1``) or not class ids in ``[0, C)``
+            (``ignore_index`` apart).
+    """
+    if not isinstance(logits, Tensor) or not isinstance(targets, Tensor) or not logits.is_floating_point():
+        return targets
+    if targets.shape == logits.shape:
+        return targets if targets.is_floating_point() else targets.to(logits.dtype)
+    if logits.ndim != 2 or tuple(targets.shape) not in ((logits.shape[0],), (logits.shape[0], 1)):
+        return targets
+    n, c = logits.shape
+    labels = targets.detach().reshape(n)
+    if c == 1:
+        bad = ~((labels >= 0) & (labels <= 1))  # NaN fails both comparisons
+        want, layout = "labels in [0, 1]", f"float [{n}, 1] labels"
+    else:
+        bad = ~((labels >= 0) & (labels < c))
+        if labels.is_floating_point():
+            bad |= labels != labels.floor()
+        want, layout = f"class ids in [0, {c})", f"a float one-hot [{n}, {c}]"
+    ignored = None if ignore_index is None else labels == ignore_index
+    if ignored is not None:
+        bad &= ~ignored
+        want += f" or ignore_index={ignore_index!r}"
+    if bool(bad.any()):
+        raise ValueError(
+            f"`targets` must be {want} for the element-wise warm-up loss {loss_name} (the wrapper passes "
+            f"them as {layout}), got value(s) {torch.unique(labels[bad])[:8].tolist()}."
+        )
+    if c == 1:
+        return labels.to(logits.dtype).unsqueeze(1)
+    if ignored is None or ignore_index is None:
+        return torch.nn.functional.one_hot(labels.long(), c).to(logits.dtype)
+    one_hot = torch.nn.functional.one_hot(labels.masked_fill(ignored, 0).long(), c).to(logits.dtype)
+    return one_hot.masked_fill(ignored.unsqueeze(1), ignore_index)
 
 
 def _accepts_sample_weight(loss: nn.Module) -> bool:

@@ -30,6 +30,9 @@ class ClassWeight(NamedTuple):
 def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | None:
     """Validate ``class_weight`` (``None``, a ``[C]`` tensor or a sequence of ``C`` real numbers).
 
+    The result owns its memory: a tensor is copied, so later changes to the caller's tensor
+    reach neither the weights nor the computed classes (``keep``) derived from them.
+
     Raises:
         TypeError: Not a tensor or a sequence of real numbers.
         ValueError: Wrong length, a negative or non-finite entry, or every entry zero.
@@ -51,8 +54,8 @@ def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | Non
         raise ValueError(
             f"`class_weight` must have shape [{num_classes}] (one weight per class), got {tuple(weight.shape)}."
         )
-    if not weight.is_floating_point():
-        weight = weight.float()
+    # A copy in any case (check_weight_values only detaches): the caller keeps its tensor.
+    weight = weight.clone() if weight.is_floating_point() else weight.float()
     positive = weight > 0
     if not bool(positive.any()):
         raise ValueError("`class_weight` must have at least one entry > 0, got all zeros.")

@@ -126,9 +126,16 @@ def _check_weight(
     validate_args: bool,
     warn: Warn,
 ) -> Tensor | None:
-    """Validate ``sample_weight`` against ``shape`` (exactly, or broadcastable when not ``exact``).
+    """Validate ``sample_weight`` against ``shape`` (exactly, or aligned from the left when not ``exact``).
 
-    Returns the weight detached, on ``x``'s device, in its computation dtype.
+    Not ``exact`` (the sigmoid loss): dim 0 is the sample dim, so the weight's dims are matched
+    with the leading dims of ``shape`` and missing trailing dims are added as singletons; each
+    dim must then be 1 or equal ``shape``'s. A ``[N]`` weight is one weight per row (``[N, 1,
+    ...]``) whatever ``C`` is; ``imbalanced-losses`` 0.6 aligned from the right, which
+    broadcast a ``[N]`` weight along the class axis when ``N == C`` and rejected it otherwise.
+
+    Returns the weight detached, on ``x``'s device, in its computation dtype, with the rank of
+    ``shape`` when not ``exact``.
     """
     if sample_weight is None:
         return None
@@ -141,11 +148,18 @@ def _check_weight(
     if exact:
         ok = w.shape == shape
     else:
-        trailing = zip(reversed(w.shape), reversed(shape), strict=False)
-        ok = w.ndim <= len(shape) and all(a in (1, b) for a, b in trailing)
+        ok = w.ndim <= len(shape) and all(a in (1, b) for a, b in zip(w.shape, shape, strict=False))
     if not ok:
-        want = f"exactly {tuple(shape)} (the shape of `targets`)" if exact else f"expandable to {tuple(shape)}"
+        if exact:
+            want = f"exactly {tuple(shape)} (the shape of `targets`)"
+        else:
+            want = (
+                f"that expands to {tuple(shape)} with its dims matched from the left, dim 0 being the "
+                f"row (e.g. [{shape[0]}] for one weight per row, or the full shape)"
+            )
         raise ValueError(f"`sample_weight` must have a shape {want}, got {tuple(w.shape)}.")
+    if not exact and w.ndim < len(shape):
+        w = w.reshape(*w.shape, *([1] * (len(shape) - w.ndim)))  # [N] -> [N, 1, ...]: one weight per row
     w = check_weight_values(w, validate_args=validate_args)
     if validate_args and w.numel() > 0 and not bool(w.any()):
         warn(
@@ -343,8 +357,11 @@ def sigmoid_focal_loss(
         gamma: Focusing parameter :math:`\gamma \ge 0` (``0`` gives plain cross-entropy).
         reduction: ``'mean'`` (over the non-ignored cells), ``'sum'`` or ``'none'``.
         sample_weight: Optional non-negative weights ``w`` with dim 0 of size ``N =
-            inputs.shape[0]`` that expand to ``inputs.shape`` (e.g. ``(N, 1)`` or ``(N, C)``);
-            never differentiated.
+            inputs.shape[0]``, whose dims are matched with those of ``inputs`` from the left
+            (missing trailing dims broadcast) and then expand to ``inputs.shape``: ``(N,)`` or
+            ``(N, 1)`` weigh rows, ``(N, C)`` cells; never differentiated. A ``(N,)`` weight
+            is one weight per row for every ``C`` (0.6 spread it along the class axis when
+            ``N == C`` and rejected it otherwise).
         ignore_index: Optional label value whose cells are left out (loss 0, not counted by
             ``'mean'``). ``None`` (default) uses every cell.
         validate_args: Run the checks that need a host synchronisation (finite ``inputs``,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import INTERPOLATIONS, check_choice, check_float, check_int
+from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
 from ._common import (
     SATURATION,
@@ -26,6 +26,7 @@ from ._common import (
 )
 from ._pairs import QueryParams, pair_sums
 from ._run import run_functional
+from ._threshold_grad import attach_thresholds
 
 SURROGATES = ("trapezoid", "pairwise")
 TAU_SCALES = ("iqr", "band")
@@ -101,6 +102,7 @@ def pauc_at_budget_core(
     budget_basis: str = "fpr",
     temperature: float = 0.1,
     interpolation: str = "higher",
+    detach_thresholds: bool = False,
     diagnostics: bool = False,
 ) -> RankingResult:
     """Per-class loss ``1 - pAUC_c`` on a pool (no reduction), with the diagnostics if asked.
@@ -120,6 +122,10 @@ def pauc_at_budget_core(
     if tau_scale == "iqr":
         levels += [0.75, 0.25]
     qs, _ = masked_column_quantiles(s, ref, levels, interpolation)
+    if surrogate == "trapezoid" and not detach_thresholds:  # knots and scale pass their gradient on
+        width = temperature * (qs[-2] - qs[-1] if tau_scale == "iqr" else qs[0] - qs[n_knots - 1])
+        width = torch.where(width > MIN_DISPERSION * temperature, width, 1.0)
+        qs = attach_thresholds(scores, qs, ref & neg, width)
     t_alpha = qs[0]
     t_beta = qs[n_knots - 1] if surrogate == "trapezoid" else qs[1]
     scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta
@@ -175,7 +181,7 @@ def pauc_at_budget_core(
     from ..metrics import partial_auc_from_masks
 
     if surrogate == "trapezoid":  # (numerator positive, knot) terms
-        saturated = saturated_threshold_fraction(pairs, knots, SATURATION * tau_safe, c)
+        saturated = saturated_threshold_fraction(pairs, knots.detach(), SATURATION * tau_safe.detach(), c)
     else:  # (numerator positive, band negative) pairs
         saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
         # Each positive's share of the band negatives below it.
@@ -184,9 +190,9 @@ def pauc_at_budget_core(
 
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {
-        "t_alpha": torch.where(valid, t_alpha, nan),
-        "t_beta": torch.where(valid, t_beta, nan),
-        "tau_eff": torch.where(valid, tau_eff, nan),
+        "t_alpha": torch.where(valid, t_alpha.detach(), nan),
+        "t_beta": torch.where(valid, t_beta.detach(), nan),
+        "tau_eff": torch.where(valid, tau_eff.detach(), nan),
         "band_neg_count": torch.where(valid, (neg_iid & in_band).sum(0), torch.zeros_like(n_numer)),
         "pauc_var": torch.where(valid, _grouped_var(v, v_cls, n_numer), nan),
         "grad_pos_count": flagged(pos, live).sum(0),
@@ -219,10 +225,11 @@ def pauc_at_budget_loss(
     return_per_class: bool = False,
     return_diagnostics: bool = False,
     validate_args: bool = True,
+    detach_thresholds: bool = False,
 ) -> Any:
     r"""Partial-AUC loss over the false-positive band ``[alpha, beta]``.
 
-    Thresholds are detached quantiles of a reference set ``Ref`` (iid negatives for
+    Thresholds are quantiles of a reference set ``Ref`` (iid negatives for
     ``budget_basis='fpr'``, every iid row for ``'population'``):
     :math:`t_\alpha = Q_{1-\alpha}(\mathrm{Ref})`, :math:`t_\beta = Q_{1-\beta}(\mathrm{Ref})`.
     The temperature is scale-aware: :math:`\tau_{eff} = \tau \cdot \mathrm{scale}` with
@@ -243,7 +250,17 @@ def pauc_at_budget_loss(
         \mathrm{pAUC} = \frac{\sum_{i \in P_n} w_i \sum_{j \in B} \sigma((s_i - s_j)/\tau_{eff})}
                              {|B| \sum_{i \in P_n} w_i}
 
-    and :math:`L_c = 1 - \mathrm{pAUC}_c \in [0, 1]`. As :math:`\tau \to 0` the pairwise form
+    and :math:`L_c = 1 - \mathrm{pAUC}_c \in [0, 1]`.
+
+    **Gradient.** The pairwise form's thresholds only select the band. The trapezoid's knots
+    :math:`t_k` and its dispersion keep their exact values but pass their gradient on to the
+    reference negatives :math:`N` around them, as the implicit derivative of a kernel-smoothed
+    quantile does: :math:`\partial t_k / \partial s_j = \sigma'((s_j - t_k)/\tau_{eff}) /
+    \sum_{l \in N} \sigma'((s_l - t_k)/\tau_{eff})` for :math:`j \in N`. The weights sum to
+    one, so a common shift (or rescaling) of the scores gains nothing and the negatives at
+    the knots are pushed down as the positives are pushed up. ``detach_thresholds=True``
+    treats them as constants (0.6's gradient: positives only, and a logit scale that can run
+    away under a shared network). As :math:`\tau \to 0` the pairwise form
     tends to the fraction of (positive, band-negative) pairs ranked correctly and the
     trapezoid form to the band-mean of the TPR at the knots.
 
@@ -253,8 +270,8 @@ def pauc_at_budget_loss(
             (multi-label); ``ignore_index`` rows (multi-label: cells) are excluded.
         alpha: Lower FPR edge of the band, ``0 <= alpha < beta``.
         beta: Upper FPR edge (the budget), ``beta <= 1``.
-        surrogate: ``'trapezoid'`` (gradient to positives only) or ``'pairwise'`` (band
-            negatives are pushed down too).
+        surrogate: ``'trapezoid'`` (knots at fixed FPR levels) or ``'pairwise'`` (against
+            every band negative).
         n_knots: Number of trapezoid knots, an ``int >= 2`` (ignored by ``'pairwise'``).
         tau_scale: ``'iqr'`` or ``'band'``, the dispersion that scales ``temperature``.
         pos_numerator: ``'pool'`` or ``'live'`` (numerator over the ``live_mask`` rows only).
@@ -276,6 +293,7 @@ def pauc_at_budget_loss(
             ``[alpha, beta]``, normalised by the band width), ``saturated_fraction`` (sigmoid
             terms with :math:`|x| > 6`), and ``pool_size`` (rows taking part in the class).
         validate_args: Run the checks that need a host synchronisation.
+        detach_thresholds: Treat the trapezoid's knots and dispersion as constants (0.6).
 
     Returns:
         ``loss``; ``(loss, per_class, valid)``; ``(loss, stats)``; or
@@ -306,6 +324,7 @@ def pauc_at_budget_loss(
     )
     temperature = check_float("temperature", temperature, low=0.0)
     check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+    check_bool("detach_thresholds", detach_thresholds)
 
     def core(pool: Pool) -> RankingResult:
         n, device = pool.scores.shape[0], pool.scores.device
@@ -322,6 +341,7 @@ def pauc_at_budget_loss(
             budget_basis=budget_basis,
             temperature=temperature,
             interpolation=quantile_interpolation,
+            detach_thresholds=detach_thresholds,
             diagnostics=return_diagnostics,
         )
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import INTERPOLATIONS, check_choice, check_float
+from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
 from ._common import (
     SATURATION,
     Pool,
@@ -20,24 +20,54 @@ from ._common import (
     select_pairs,
 )
 from ._run import run_functional
+from ._threshold_grad import attach_thresholds
+
+#: ``temperature`` units: a multiple of the pool's inter-quartile range, or logits (0.6).
+RECALL_TAU_SCALES = ("iqr", "logit")
+#: A class whose pool inter-quartile range is at or below this takes ``temperature`` in logits.
+MIN_SPREAD = 1e-12
 
 
 def recall_at_quantile_core(
-    pool: Pool, *, quantile: float, temperature: float, interpolation: str = "higher", diagnostics: bool = False
+    pool: Pool,
+    *,
+    quantile: float,
+    temperature: float,
+    interpolation: str = "higher",
+    detach_thresholds: bool = False,
+    tau_scale: str = "iqr",
+    diagnostics: bool = False,
 ) -> RankingResult:
-    """Per-class loss ``1 - soft recall`` above the detached ``1 - quantile`` score quantile (no reduction).
+    """Per-class loss ``1 - soft recall`` above the ``1 - quantile`` score quantile (no reduction).
 
-    The threshold of class ``c`` is taken over every row of the pool that takes part in ``c``
-    (positives and negatives alike), with :func:`torch.quantile`'s interpolation rules.
+    The threshold of class ``c`` (and, for ``tau_scale='iqr'``, the quartiles that scale the
+    temperature) are taken over every row of the pool that takes part in ``c`` (positives and
+    negatives alike), with :func:`torch.quantile`'s interpolation rules; unless
+    ``detach_thresholds``, their gradient reaches the negatives around them
+    (:func:`~imbalanced_losses.functional._threshold_grad.attach_thresholds`).
     With ``diagnostics`` the result carries the pool counts, ``threshold``, the exact
     ``recall`` (:func:`imbalanced_losses.metrics.recall_at_quantile` on the pool) and the
     ``saturated_fraction`` of the positives' sigmoid terms, each ``[C]``.
     """
     scores, pos, neg, weight = pool
-    thresholds, _ = masked_column_quantiles(scores, pos | neg, [1.0 - quantile], interpolation)
-    theta = torch.nan_to_num(thresholds[0], nan=0.0)  # [C]; empty columns are invalid anyway
+    member = pos | neg
+    iqr = tau_scale == "iqr"
+    levels = [1.0 - quantile, 0.75, 0.25] if iqr else [1.0 - quantile]
+    quantiles, _ = masked_column_quantiles(scores, member, levels, interpolation)  # [L, C], nan if empty
+
+    def effective_tau(q: Tensor) -> Tensor:  # [C]; logit units where the pool does not spread
+        if not iqr:
+            return torch.full_like(q[0], temperature)
+        spread = q[1] - q[2]
+        return temperature * torch.where(spread > MIN_SPREAD, spread, 1.0)
+
+    tau = effective_tau(quantiles)
+    if not detach_thresholds:  # the threshold's (and the scale's) gradient reaches the negatives around it
+        quantiles = attach_thresholds(scores, quantiles, neg, tau)
+        tau = effective_tau(quantiles)
+    theta = torch.nan_to_num(quantiles[0], nan=0.0)  # [C]; empty columns are invalid anyway
     pairs = select_pairs(pos, scores, weight)  # only positives enter the numerator
-    soft_hits = torch.sigmoid((pairs.scores - pairs.per_entry(theta)) / temperature)
+    soft_hits = torch.sigmoid((pairs.scores - pairs.per_entry(theta)) / pairs.per_entry(tau))
     c = scores.shape[1]
     den = pairs.total_weight(pos.sum(0), scores.dtype)
     recall = safe_divide(pairs.weighted_sum(soft_hits, c), den)
@@ -47,10 +77,10 @@ def recall_at_quantile_core(
     from ..metrics import recall_at_quantile_from_masks
 
     stats = pool_stats(pool)
-    stats["threshold"] = thresholds[0]
+    stats["threshold"] = quantiles[0].detach()
     stats["recall"] = recall_at_quantile_from_masks(scores, pos, neg, quantile=quantile, interpolation=interpolation)
-    width = torch.full_like(theta, SATURATION * temperature)
-    stats["saturated_fraction"] = saturated_threshold_fraction(pairs, theta.unsqueeze(1), width, c)
+    width = SATURATION * tau.detach()
+    stats["saturated_fraction"] = saturated_threshold_fraction(pairs, theta.detach().unsqueeze(1), width, c)
     return RankingResult(1.0 - recall, valid, stats)
 
 
@@ -59,7 +89,7 @@ def recall_at_quantile_loss(
     targets: Tensor,
     *,
     quantile: float = 0.005,
-    temperature: float = 0.01,
+    temperature: float = 0.1,
     quantile_interpolation: str = "higher",
     reduction: str = "mean",
     ignore_index: int = -100,
@@ -68,25 +98,44 @@ def recall_at_quantile_loss(
     return_per_class: bool = False,
     return_diagnostics: bool = False,
     validate_args: bool = True,
+    tau_scale: str = "iqr",
+    detach_thresholds: bool = False,
 ) -> Any:
     r"""Recall-at-quantile loss: one minus the soft recall of the top ``quantile`` of the pool.
 
-    For each class :math:`c`, with the detached threshold
-    :math:`\theta_c = Q_{1-q}(\{s_j\})` over the pooled column:
+    For each class :math:`c`, with the threshold :math:`\theta_c = Q_{1-q}(\{s_j\})` and the
+    temperature :math:`\tau_c = \tau\,(Q_{0.75} - Q_{0.25})` over the pooled column:
 
     .. math::
-        \mathrm{rec}_c = \frac{\sum_{i \in P_c} w_i\, \sigma\!\left((s_i - \theta_c)/\tau\right)}
+        \mathrm{rec}_c = \frac{\sum_{i \in P_c} w_i\, \sigma\!\left((s_i - \theta_c)/\tau_c\right)}
                               {\sum_{i \in P_c} w_i}, \qquad L_c = 1 - \mathrm{rec}_c \in [0, 1]
 
     As :math:`\tau \to 0`, :math:`\mathrm{rec}_c` tends to the fraction of positives scored
-    above :math:`\theta_c`. Only positives receive gradient (the threshold is detached).
+    above :math:`\theta_c`.
+
+    **Gradient.** :math:`\theta_c` and the quartiles keep their exact values, but each passes
+    its gradient on to the negatives :math:`N_c` around it, as the implicit derivative of a
+    kernel-smoothed quantile does:
+
+    .. math::
+        \frac{\partial \theta_c}{\partial s_j} =
+        \frac{\sigma'((s_j - \theta_c)/\tau_c)}{\sum_{k \in N_c} \sigma'((s_k - \theta_c)/\tau_c)},
+        \quad j \in N_c .
+
+    The weights sum to one, so the gradient of a column sums to zero: lifting every score
+    together gains nothing, and the negatives at the cut are pushed down as the positives
+    are pushed up. With the quartiles attached the same way the loss is (nearly) blind to a
+    common rescaling too. Treating the thresholds as constants (``detach_thresholds=True``,
+    0.6's gradient) lifts positives only; under a shared network that lifts every score, the
+    threshold follows and the logit scale runs away.
 
     Args:
         logits: ``[M, C]`` scores (``C = 1`` is binary mode).
         targets: ``[M]`` class ids (binary: ``{0, 1}``) or a multi-hot ``[M, C]``
             (multi-label); ``ignore_index`` rows (multi-label: cells) are excluded.
         quantile: Budget :math:`q \in (0, 1)`, e.g. ``0.005`` for the top 50 bps.
-        temperature: Sigmoid temperature :math:`\tau`, in logit units.
+        temperature: Sigmoid temperature :math:`\tau`: a multiple of the inter-quartile range
+            of the pooled scores (``tau_scale='iqr'``) or logits (``'logit'``).
         quantile_interpolation: :func:`torch.quantile` interpolation: ``linear``, ``lower``,
             ``higher`` (default; never below the exact order statistic), ``nearest``, ``midpoint``.
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
@@ -99,6 +148,10 @@ def recall_at_quantile_loss(
             ``neg_count``, ``threshold`` (:math:`\theta_c`), ``recall`` (exact, on the pool)
             and ``saturated_fraction`` (positives with :math:`|s_i - \theta_c| > 6\tau`), each ``[C]``.
         validate_args: Run the checks that need a host synchronisation.
+        tau_scale: ``'iqr'`` (default; logit units for a class whose inter-quartile range is
+            ``<= 1e-12``) or ``'logit'`` (0.6).
+        detach_thresholds: Treat the threshold and quartiles as constants (0.6's gradient).
+            ``tau_scale='logit', detach_thresholds=True, temperature=0.01`` is 0.6's loss.
 
     Returns:
         ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
@@ -120,6 +173,8 @@ def recall_at_quantile_loss(
     quantile = check_float("quantile", quantile, low=0.0, high=1.0)
     temperature = check_float("temperature", temperature, low=0.0)
     check_choice("quantile_interpolation", quantile_interpolation, INTERPOLATIONS)
+    check_choice("tau_scale", tau_scale, RECALL_TAU_SCALES)
+    check_bool("detach_thresholds", detach_thresholds)
     return run_functional(
         logits,
         targets,
@@ -128,6 +183,8 @@ def recall_at_quantile_loss(
             quantile=quantile,
             temperature=temperature,
             interpolation=quantile_interpolation,
+            detach_thresholds=detach_thresholds,
+            tau_scale=tau_scale,
             diagnostics=return_diagnostics,
         ),
         reduction=reduction,

@@ -105,7 +105,8 @@ def smooth_ap_loss(
         targets: ``[M]`` (or ``[M, 1]``) class ids in ``[0, C)``; in binary mode ``{0, 1}``
             (any non-zero value counts as positive); or a multi-hot ``[M, C]`` (multi-label,
             cells in ``{0, 1}``). Rows (multi-label: cells) equal to ``ignore_index`` are excluded.
-        temperature: Sigmoid temperature :math:`\tau`, in logit units.
+        temperature: Sigmoid temperature :math:`\tau`, in logit units, ``>= 1e-20`` (smaller
+            ones overflow ``1 / tau`` in float32).
         reduction: ``'mean'`` (over valid classes), ``'sum'`` or ``'none'`` (``[C]``, ``nan``
             for invalid classes).
         ignore_index: Target value of rows to leave out.
