@@ -9,17 +9,31 @@ and once in a separate venv holding ``imbalanced-losses==0.6.0``, then compare::
     .venv/bin/python benchmarks/parity.py compare ours.pt theirs.pt
 
 Only the public API is used (constructor arguments, forward), so the other installation is
-treated as a black box.
+treated as a black box. An installation that has D12's keywords gets 0.6's settings through
+them (:data:`SETTINGS_OF_06`), so the recall and trapezoid cases compare 0.6's loss and gradient.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
 import torch
 
 import imbalanced_losses as il
+
+#: Keywords that select 0.6's formula where an installation has them (D12 of the migration page).
+SETTINGS_OF_06: dict[str, dict[str, Any]] = {
+    "RecallAtQuantileLoss": {"tau_scale": "logit", "detach_thresholds": True},
+    "PAUCAtBudgetLoss": {"detach_thresholds": True},
+}
+
+
+def settings_of_06(cls: type) -> dict[str, Any]:
+    """The keywords of :data:`SETTINGS_OF_06` that ``cls`` accepts (none for 0.6 itself)."""
+    accepted = inspect.signature(cls).parameters
+    return {k: v for k, v in SETTINGS_OF_06.get(cls.__name__, {}).items() if k in accepted}
 
 
 def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
@@ -84,7 +98,8 @@ def dump(path: str) -> None:
     for name, cls, ctor, data in cases():
         data = dict(data)
         n, c = data.pop("n"), data.pop("c")
-        loss_fn = getattr(il, cls)(num_classes=c, queue_size=200, **ctor).double()
+        loss_cls = getattr(il, cls)
+        loss_fn = loss_cls(num_classes=c, queue_size=200, **ctor, **settings_of_06(loss_cls)).double()
         steps = []
         for step in range(3):  # the queue fills and wraps
             batch = make_batch(step, n, c, **data)

@@ -37,9 +37,11 @@ What to expect
     The pairwise surrogate's band acts as a label-free hard-negative miner: the decoys that sit
     inside the FPR band are exactly the negatives it pushes down, so ``pauc-pair-pool`` recovers
     much of the coverage weighted CE leaves behind (about 0.75 against 0.55). The trapezoid
-    surrogate only moves positives towards fixed thresholds, cannot push band negatives down
-    and falls to about 0.4; restricting the pairwise numerator to the few live positives per
-    batch (``live``, about 4-5 per batch) starves its contrast and falls likewise. Seed-to-seed
+    surrogate and the recall loss pass the gradient of their thresholds on to the negatives at
+    the cut (D12 of the migration page), and come close (about 0.72 and 0.70); with 0.6's
+    detached thresholds their logit scale ran away and the trapezoid fell to about 0.4.
+    Restricting the numerator to the few live positives per batch (``live``, about 4-5 per
+    batch) starves the contrast and falls to about 0.4 with either surrogate. Seed-to-seed
     spread is large with about 75 evaluation positives: compare several seeds.
 
 Running it (needs numpy, scikit-learn, matplotlib and tqdm; ``pip install -e ".[examples]"``)::

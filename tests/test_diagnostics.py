@@ -47,7 +47,7 @@ IGNORE = -100
 COMMON = {"pool_size", "pos_count", "neg_count", "saturated_fraction"}
 KEYS = {
     "ap": COMMON | {"ap"},
-    "recall": COMMON | {"threshold", "recall"},
+    "recall": COMMON | {"threshold", "tau_eff", "recall"},
     "pauc-trap": COMMON | {"t_alpha", "t_beta", "tau_eff", "band_neg_count", "pauc_var", "grad_pos_count", "pauc"},
 }
 KEYS["pauc-pair"] = KEYS["pauc-trap"]
@@ -397,7 +397,7 @@ def test_recall_threshold_recall_and_saturated_fraction(interpolation: str) -> N
         quantile_interpolation=interpolation,
         return_diagnostics=True,
     )
-    thresholds, recalls, saturated = [], [], []
+    thresholds, recalls, saturated, widths = [], [], [], []
     on_threshold = 0
     for c in range(3):
         s, p = columns(logits, targets, c)
@@ -407,6 +407,7 @@ def test_recall_threshold_recall_and_saturated_fraction(interpolation: str) -> N
         # The sigmoid's width: tau times the column's inter-quartile range (tau_scale="iqr").
         upper, lower = (torch.quantile(col, lv, interpolation=interpolation) for lv in (0.75, 0.25))
         width = tau * float(upper - lower)
+        widths.append(width)
         thresholds.append(theta)
         positives = [v for v, is_pos in zip(s, p, strict=True) if is_pos]
         hits = sum(1.0 if v > theta else 0.5 if v == theta else 0.0 for v in positives)
@@ -414,6 +415,7 @@ def test_recall_threshold_recall_and_saturated_fraction(interpolation: str) -> N
         recalls.append(hits / len(positives))
         saturated.append(frac(sum(abs((v - theta) / width) > SATURATION for v in positives), len(positives)))
     assert_stat(stats["threshold"], thresholds, "threshold", atol=0)
+    assert_stat(stats["tau_eff"], widths, "tau_eff")
     assert_stat(stats["recall"], recalls, "recall")
     metric = recall_at_quantile(logits, targets, quantile=quantile, interpolation=interpolation)
     assert_stat(stats["recall"], metric, "recall vs metrics")

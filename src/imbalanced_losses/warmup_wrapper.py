@@ -102,9 +102,10 @@ class LossWarmupWrapper(nn.Module):
             attribute is scheduled and its ``reset_queue()`` called when it has them.
         warmup_epochs: Warm-up length in epochs (epoch mode), ``>= 0``.
         temp_start: Temperature set at the latch, ``> 0``. The defaults are in logit units
-            (right for :class:`~imbalanced_losses.SmoothAPLoss` and
-            :class:`~imbalanced_losses.RecallAtQuantileLoss`); :class:`~imbalanced_losses.PAUCAtBudgetLoss`'s
-            temperature is a dimensionless multiplier (its default is ``0.1``), so set them.
+            (right for :class:`~imbalanced_losses.SmoothAPLoss`);
+            :class:`~imbalanced_losses.RecallAtQuantileLoss`'s and
+            :class:`~imbalanced_losses.PAUCAtBudgetLoss`'s temperatures are dimensionless
+            multipliers of the score spread (default ``0.1``), so set them, e.g. ``0.5 -> 0.1``.
         temp_end: Temperature reached after ``temp_decay_steps`` steps, ``> 0`` (may exceed
             ``temp_start``: the schedule then increases).
         temp_decay_steps: Global steps (batches) of the geometric decay after the latch,

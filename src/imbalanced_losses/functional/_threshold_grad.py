@@ -4,7 +4,7 @@ The recall-at-quantile and trapezoid partial-AUC losses compare positives agains
 quantiles of the pool. Taken as constants (``detach``), those thresholds let the surrogate
 lift positives but never lower a negative: every step pushes the scores up, the threshold
 follows, and the logit scale runs away. Here a threshold keeps its exact value but passes
-its gradient on to the rows around it, as the implicit derivative of a kernel-smoothed
+its gradient on to the member rows around it, as the implicit derivative of a kernel-smoothed
 quantile does. For the smoothed quantile :math:`\theta` of column :math:`c`, defined by
 :math:`\sum_j \sigma((s_j - \theta)/h) = \text{const}` over the member rows,
 
@@ -15,6 +15,12 @@ a weight distribution over the members (it sums to one, so a common shift of eve
 moves the threshold by as much). The weights are formed as a softmax of
 :math:`\log \sigma'`, so they stay defined when every member lies many widths away: the
 nearest member then takes the whole gradient, the derivative of the exact order statistic.
+
+The losses pass the *negatives* that take part in the threshold as the members. A positive at
+the cut would otherwise be pushed down by the whole pool's demand on the threshold, more than
+its own term lifts it; trained from scratch with a sharp temperature, that sank the positives
+below chance. On the negatives alone the pair "positives up, negatives at the cut down" is the
+pairwise contrast that keeps the pairwise pAUC surrogate healthy.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: Elements of the ``[levels, C, M]`` kernel block formed at once in the backward pass (64 MB of float32).
+BLOCK_ELEMENTS = 1 << 24
 
-def _kernel_weights(scores: Tensor, threshold: Tensor, member: Tensor, width: Tensor) -> Tensor:
-    """``[M, C]`` weights ``d theta_c / d s_jc`` of one threshold row ``[C]`` (zero outside ``member``)."""
-    x = ((scores - threshold) / width).abs()
-    log_k = -x - 2.0 * torch.nn.functional.softplus(-x)  # log sigma'(x), sigma' being even
-    log_k = log_k.masked_fill(~member, float("-inf"))
-    weights = torch.softmax(log_k, dim=0)
-    return torch.where(member.any(0), weights, 0.0)  # an empty column has no threshold to move
+
+def _kernel_weights(scores_t: Tensor, thresholds: Tensor, outside: Tensor, inv_width: Tensor) -> Tensor:
+    """``[L, C, M]`` weights ``d theta_lc / d s_cj`` of thresholds ``[L, C]`` (zero where ``outside``).
+
+    Class-major (``[C, M]`` scores, contiguous) so that the normalisation reduces along
+    contiguous rows.
+    """
+    x = (scores_t.unsqueeze(0) - thresholds.unsqueeze(2)).abs_().mul_(inv_width)
+    log_k = torch.nn.functional.softplus(x.neg()).mul_(-2.0).sub_(x)  # log sigma'(x), sigma' being even
+    # A column without members (or a nan threshold) has nothing to move: its nan weights become 0.
+    return torch.softmax(log_k.masked_fill_(outside, float("-inf")), dim=2).nan_to_num_(nan=0.0)
 
 
 class _ThresholdGrad(torch.autograd.Function):
@@ -47,11 +59,17 @@ class _ThresholdGrad(torch.autograd.Function):
         scores, thresholds, member, width = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        out = torch.zeros_like(scores)
-        safe = torch.nan_to_num(thresholds, nan=0.0)
-        for level in range(thresholds.shape[0]):  # L is small: thresholds per class, not rows
-            out += _kernel_weights(scores, safe[level], member, width) * torch.nan_to_num(grad[level], nan=0.0)
-        return out, None, None, None
+        scores_t, outside = scores.t().contiguous(), ~member.t()
+        inv_width = width.reciprocal().unsqueeze(1)
+        grad = torch.nan_to_num(grad, nan=0.0)
+        levels = thresholds.shape[0]
+        step = max(1, BLOCK_ELEMENTS // max(1, scores.numel()))
+        out = torch.zeros_like(scores_t)
+        for first in range(0, levels, step):  # one block for small pools, a few for large ones
+            block = slice(first, first + step)
+            weights = _kernel_weights(scores_t, thresholds[block], outside, inv_width)
+            out.add_(torch.einsum("lcm,lc->cm", weights, grad[block]))
+        return out.t(), None, None, None
 
 
 def attach_thresholds(scores: Tensor, thresholds: Tensor, member: Tensor, width: Tensor) -> Tensor:

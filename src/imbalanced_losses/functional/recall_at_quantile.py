@@ -45,7 +45,7 @@ def recall_at_quantile_core(
     negatives alike), with :func:`torch.quantile`'s interpolation rules; unless
     ``detach_thresholds``, their gradient reaches the negatives around them
     (:func:`~imbalanced_losses.functional._threshold_grad.attach_thresholds`).
-    With ``diagnostics`` the result carries the pool counts, ``threshold``, the exact
+    With ``diagnostics`` the result carries the pool counts, ``threshold``, ``tau_eff``, the exact
     ``recall`` (:func:`imbalanced_losses.metrics.recall_at_quantile` on the pool) and the
     ``saturated_fraction`` of the positives' sigmoid terms, each ``[C]``.
     """
@@ -78,6 +78,7 @@ def recall_at_quantile_core(
 
     stats = pool_stats(pool)
     stats["threshold"] = quantiles[0].detach()
+    stats["tau_eff"] = torch.where(valid, tau.detach(), torch.full_like(tau, float("nan")))
     stats["recall"] = recall_at_quantile_from_masks(scores, pos, neg, quantile=quantile, interpolation=interpolation)
     width = SATURATION * tau.detach()
     stats["saturated_fraction"] = saturated_threshold_fraction(pairs, theta.detach().unsqueeze(1), width, c)
@@ -145,8 +146,9 @@ def recall_at_quantile_loss(
             the valid classes; a class of weight 0 is not computed (``nan``, invalid).
         return_per_class: Also return ``per_class [C]`` and ``valid [C]``.
         return_diagnostics: Also return a dict: ``pool_size`` (rows taking part), ``pos_count``,
-            ``neg_count``, ``threshold`` (:math:`\theta_c`), ``recall`` (exact, on the pool)
-            and ``saturated_fraction`` (positives with :math:`|s_i - \theta_c| > 6\tau`), each ``[C]``.
+            ``neg_count``, ``threshold`` (:math:`\theta_c`), ``tau_eff`` (:math:`\tau_c`, ``nan``
+            for an invalid class), ``recall`` (exact, on the pool) and ``saturated_fraction``
+            (positives with :math:`|s_i - \theta_c| > 6\tau_c`), each ``[C]``.
         validate_args: Run the checks that need a host synchronisation.
         tau_scale: ``'iqr'`` (default; logit units for a class whose inter-quartile range is
             ``<= 1e-12``) or ``'logit'`` (0.6).
