@@ -30,20 +30,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Elements of the ``[levels, C, M]`` kernel block formed at once in the backward pass (64 MB of float32).
-BLOCK_ELEMENTS = 1 << 24
+#: Elements of the ``[levels, C, M]`` kernel block formed at once in the backward pass (16 MB of float32).
+BLOCK_ELEMENTS = 1 << 22
 
 
 def _kernel_weights(scores_t: Tensor, thresholds: Tensor, outside: Tensor, inv_width: Tensor) -> Tensor:
     """``[L, C, M]`` weights ``d theta_lc / d s_cj`` of thresholds ``[L, C]`` (zero where ``outside``).
 
     Class-major (``[C, M]`` scores, contiguous) so that the normalisation reduces along
-    contiguous rows.
+    contiguous rows. With ``x = |s - theta| / h >= 0`` and ``x0`` its smallest value over the
+    members, ``sigma'(x) = e^{-x} / (1 + e^{-x})^2`` is proportional to
+    ``e^{x0 - x} / (1 + e^{-x})^2`` within a column: one exponential per cell, and the nearest
+    member's term is at least ``1/4``, so the sum never underflows.
     """
     x = (scores_t.unsqueeze(0) - thresholds.unsqueeze(2)).abs_().mul_(inv_width)
-    log_k = torch.nn.functional.softplus(x.neg()).mul_(-2.0).sub_(x)  # log sigma'(x), sigma' being even
-    # A column without members (or a nan threshold) has nothing to move: its nan weights become 0.
-    return torch.softmax(log_k.masked_fill_(outside, float("-inf")), dim=2).nan_to_num_(nan=0.0)
+    nearest = x.masked_fill(outside, float("inf")).amin(2, keepdim=True)
+    nearest = torch.where(nearest.isfinite(), nearest, 0.0)  # a column without members
+    k = x.sub_(nearest).neg_().exp_()  # e^{x0 - x}, at most 1 on the members
+    tail = torch.exp(-nearest)  # e^{-x0}, per column
+    k.div_(k.mul(tail).add_(1.0).square_())
+    k.masked_fill_(outside, 0.0)
+    return k.div_(k.sum(2, keepdim=True).clamp_min_(torch.finfo(k.dtype).tiny))
 
 
 class _ThresholdGrad(torch.autograd.Function):
@@ -59,7 +66,9 @@ class _ThresholdGrad(torch.autograd.Function):
         scores, thresholds, member, width = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        scores_t, outside = scores.t().contiguous(), ~member.t()
+        if scores.numel() == 0:  # an empty pool: nothing to reach
+            return torch.zeros_like(scores), None, None, None
+        scores_t, outside = scores.t().contiguous(), (~member).t().contiguous()
         inv_width = width.reciprocal().unsqueeze(1)
         grad = torch.nan_to_num(grad, nan=0.0)
         levels = thresholds.shape[0]
