@@ -504,6 +504,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     assert first_y_eval is not None
     plot(results, first_y_eval, args.budget, seeds, args.out)
     print(f"figure: {args.out}")
+    if "weighted-ce" in results:
+        print_advice(results["weighted-ce"], first_y_eval, args.budget, seeds[0])
+
+
+def print_advice(baseline: ArmResult, y_eval: np.ndarray, budget: float, seed: int) -> None:
+    """The advisor's report on the weighted-CE model of the first seed (skipped where there is none).
+
+    On the evaluation split, for want of a separate validation split in this demo; on your own
+    data run it on validation scores (``python -m imbalanced_losses.advisor FILE --budget B``).
+    """
+    try:
+        from imbalanced_losses.advisor import advise
+    except ImportError:  # imbalanced-losses 0.6 has no advisor
+        return
+    assert baseline.first_scores is not None
+    scores, labels = torch.from_numpy(baseline.first_scores), torch.from_numpy(y_eval)
+    print(f"\nAdvisor on the weighted-CE model of seed {seed} (evaluation split):")
+    print(advise(scores, labels, budget=budget, n_boot=200, generator=torch.Generator().manual_seed(seed)))
 
 
 if __name__ == "__main__":

@@ -34,22 +34,21 @@ from torch import Tensor
 BLOCK_ELEMENTS = 1 << 22
 
 
-def _kernel_weights(scores_t: Tensor, thresholds: Tensor, outside: Tensor, inv_width: Tensor) -> Tensor:
-    """``[L, C, M]`` weights ``d theta_lc / d s_cj`` of thresholds ``[L, C]`` (zero where ``outside``).
+def _kernel_weights(scores_t: Tensor, thresholds: Tensor, neg_inv_width: Tensor) -> Tensor:
+    """``[L, C, M]`` weights ``d theta_lc / d s_cj`` of thresholds ``[L, C]``.
 
-    Class-major (``[C, M]`` scores, contiguous) so that the normalisation reduces along
-    contiguous rows. With ``x = |s - theta| / h >= 0`` and ``x0`` its smallest value over the
-    members, ``sigma'(x) = e^{-x} / (1 + e^{-x})^2`` is proportional to
-    ``e^{x0 - x} / (1 + e^{-x})^2`` within a column: one exponential per cell, and the nearest
-    member's term is at least ``1/4``, so the sum never underflows.
+    ``scores_t`` is class-major (``[C, M]``, contiguous, so that the normalisation reduces
+    along contiguous rows) and holds ``inf`` outside the members, whose weights come out 0.
+    With ``x = |s - theta| / h >= 0`` and ``x0`` its smallest value over the members,
+    ``sigma'(x) = e^{-x} / (1 + e^{-x})^2`` is proportional to ``e^{x0 - x} / (1 + e^{-x})^2``
+    within a column: one exponential per cell, and the nearest member's term is at least
+    ``1/4``, so the sum never underflows.
     """
-    x = (scores_t.unsqueeze(0) - thresholds.unsqueeze(2)).abs_().mul_(inv_width)
-    nearest = x.masked_fill(outside, float("inf")).amin(2, keepdim=True)
-    nearest = torch.where(nearest.isfinite(), nearest, 0.0)  # a column without members
-    k = x.sub_(nearest).neg_().exp_()  # e^{x0 - x}, at most 1 on the members
-    tail = torch.exp(-nearest)  # e^{-x0}, per column
-    k.div_(k.mul(tail).add_(1.0).square_())
-    k.masked_fill_(outside, 0.0)
+    y = (scores_t.unsqueeze(0) - thresholds.unsqueeze(2)).abs_().mul_(neg_inv_width)  # -x; -inf outside
+    top = y.amax(2, keepdim=True)  # -x0
+    top = torch.where(top.isfinite(), top, 0.0)  # a column without members: every weight is 0
+    k = y.sub_(top).exp_()  # e^{x0 - x}
+    k.div_(k.mul(top.exp()).add_(1.0).square_())  # ... / (1 + e^{-x})^2
     return k.div_(k.sum(2, keepdim=True).clamp_min_(torch.finfo(k.dtype).tiny))
 
 
@@ -68,15 +67,16 @@ class _ThresholdGrad(torch.autograd.Function):
             return None, None, None, None
         if scores.numel() == 0:  # an empty pool: nothing to reach
             return torch.zeros_like(scores), None, None, None
-        scores_t, outside = scores.t().contiguous(), (~member).t().contiguous()
-        inv_width = width.reciprocal().unsqueeze(1)
-        grad = torch.nan_to_num(grad, nan=0.0)
+        scores_t = scores.masked_fill(~member, float("inf")).t().contiguous()
+        neg_inv_width = width.reciprocal().neg_().unsqueeze(1)
+        # A nan threshold (a column without rows) and its nan gradient move nothing.
+        grad, thresholds = torch.nan_to_num(grad, nan=0.0), torch.nan_to_num(thresholds, nan=0.0)
         levels = thresholds.shape[0]
         step = max(1, BLOCK_ELEMENTS // max(1, scores.numel()))
         out = torch.zeros_like(scores_t)
         for first in range(0, levels, step):  # one block for small pools, a few for large ones
             block = slice(first, first + step)
-            weights = _kernel_weights(scores_t, thresholds[block], outside, inv_width)
+            weights = _kernel_weights(scores_t, thresholds[block], neg_inv_width)
             out.add_(torch.einsum("lcm,lc->cm", weights, grad[block]))
         return out.t(), None, None, None
 
