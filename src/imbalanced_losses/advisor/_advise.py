@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..functional._common import MIN_DISPERSION
 from ._mass import ContestableMass, _analyse, _Analysis, _iqr, format_table
 
 __all__ = [
@@ -63,7 +64,7 @@ KEEP_CROSS_ENTROPY = "keep cross-entropy"
 
 _PAUC = "PAUCAtBudgetLoss"
 _RECALL = "RecallAtQuantileLoss"
-_MIN_WIDTH = 1e-12  # as the losses' MIN_DISPERSION / MIN_SPREAD
+_MIN_WIDTH = MIN_DISPERSION  # as the losses
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -412,6 +412,10 @@ def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
 #: this (its derivative is then below 1% of its peak value 1/4).
 SATURATION = 6.0
 
+#: A class whose reference dispersion (inter-quartile range, band width) is at or below this
+#: has no spread to scale a temperature by.
+MIN_DISPERSION = 1e-12
+
 
 def pool_stats(pool: Pool) -> dict[str, Tensor]:
     """Diagnostics every ranking loss reports, each ``[C]``: ``pool_size``, ``pos_count``, ``neg_count``.

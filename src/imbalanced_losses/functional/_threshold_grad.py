@@ -94,7 +94,8 @@ def attach_thresholds(scores: Tensor, thresholds: Tensor, member: Tensor, width:
             simply receive nothing).
         thresholds: ``[L, C]`` threshold values, e.g. from ``masked_column_quantiles``
             (``nan`` columns get no gradient).
-        member: ``[M, C]`` bool, the rows that define each column's thresholds.
+        member: ``[M, C]`` bool, the rows the gradient is spread over (the losses pass the
+            negatives that take part in the thresholds).
         width: ``[C]`` or scalar positive kernel width :math:`h`, in score units (the loss's
             effective temperature).
 

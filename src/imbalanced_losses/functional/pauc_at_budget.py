@@ -11,6 +11,7 @@ from torch import Tensor
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
 from ._common import (
+    MIN_DISPERSION,
     SATURATION,
     Pool,
     RankingResult,
@@ -32,9 +33,6 @@ SURROGATES = ("trapezoid", "pairwise")
 TAU_SCALES = ("iqr", "band")
 POS_NUMERATORS = ("pool", "live")
 BUDGET_BASES = ("fpr", "population")
-
-#: A class whose reference dispersion is at or below this is skipped (its kernel would be a step).
-MIN_DISPERSION = 1e-12
 
 
 def check_pauc_args(
@@ -122,13 +120,15 @@ def pauc_at_budget_core(
     if tau_scale == "iqr":
         levels += [0.75, 0.25]
     qs, _ = masked_column_quantiles(s, ref, levels, interpolation)
+    t_beta_level = n_knots - 1 if surrogate == "trapezoid" else 1
+
+    def dispersion(q: Tensor) -> Tensor:  # [C]: the inter-quartile range or the band width
+        return q[-2] - q[-1] if tau_scale == "iqr" else q[0] - q[t_beta_level]
+
     if surrogate == "trapezoid" and not detach_thresholds:  # knots and scale pass their gradient on
-        width = temperature * (qs[-2] - qs[-1] if tau_scale == "iqr" else qs[0] - qs[n_knots - 1])
-        width = torch.where(width > MIN_DISPERSION * temperature, width, 1.0)
-        qs = attach_thresholds(scores, qs, ref & neg, width)
-    t_alpha = qs[0]
-    t_beta = qs[n_knots - 1] if surrogate == "trapezoid" else qs[1]
-    scale = qs[-2] - qs[-1] if tau_scale == "iqr" else t_alpha - t_beta
+        spread = dispersion(qs)
+        qs = attach_thresholds(scores, qs, ref & neg, temperature * torch.where(spread > MIN_DISPERSION, spread, 1.0))
+    t_alpha, t_beta, scale = qs[0], qs[t_beta_level], dispersion(qs)
 
     c = scores.shape[1]
     n_numer = numer.sum(0)  # = bincount(pairs.cls), without a data-dependent shape

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
 from ._common import (
+    MIN_DISPERSION,
     SATURATION,
     Pool,
     RankingResult,
@@ -22,10 +23,9 @@ from ._common import (
 from ._run import run_functional
 from ._threshold_grad import attach_thresholds
 
-#: ``temperature`` units: a multiple of the pool's inter-quartile range, or logits (0.6).
+#: ``temperature`` units: a multiple of the pool's inter-quartile range, or logits (0.6). A
+#: class whose inter-quartile range is at most ``MIN_DISPERSION`` takes it in logits.
 RECALL_TAU_SCALES = ("iqr", "logit")
-#: A class whose pool inter-quartile range is at or below this takes ``temperature`` in logits.
-MIN_SPREAD = 1e-12
 
 
 def recall_at_quantile_core(
@@ -59,7 +59,7 @@ def recall_at_quantile_core(
         if not iqr:
             return torch.full_like(q[0], temperature)
         spread = q[1] - q[2]
-        return temperature * torch.where(spread > MIN_SPREAD, spread, 1.0)
+        return temperature * torch.where(spread > MIN_DISPERSION, spread, 1.0)
 
     tau = effective_tau(quantiles)
     if not detach_thresholds:  # the threshold's (and the scale's) gradient reaches the negatives around it
