@@ -110,10 +110,10 @@ def class_alpha(alpha: Tensor | Sequence[float] | None, *, dtype: torch.dtype, v
 # --------------------------------------------------------------------------------------------
 
 
-def _check_inputs(inputs: object) -> Tensor:
-    x = check_tensor("inputs", inputs)
+def _check_inputs(inputs: object, name: str = "inputs") -> Tensor:
+    x = check_tensor(name, inputs)
     if not x.is_floating_point():
-        raise TypeError(f"`inputs` must be a floating-point tensor of logits, got dtype {x.dtype}.")
+        raise TypeError(f"`{name}` must be a floating-point tensor of logits, got dtype {x.dtype}.")
     return x
 
 
@@ -211,21 +211,25 @@ def prepare_softmax(
     ignore_index: int,
     validate_args: bool,
     warn: Warn = _warn_always,
+    name: str = "inputs",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Check a softmax focal batch; returns ``(inputs, class ids int64, weight)`` for :func:`softmax_focal_core`."""
-    x = _check_inputs(inputs)
+    """Check a softmax batch; returns ``(inputs, class ids int64, weight)`` for :func:`softmax_focal_core`.
+
+    ``name`` is the scores' argument name in error messages (``logits`` for the long-tail losses).
+    """
+    x = _check_inputs(inputs, name)
     if x.ndim < 2:
-        raise ValueError(f"`inputs` must have shape (N, C) or (N, C, d1, ...), got shape {tuple(x.shape)}.")
+        raise ValueError(f"`{name}` must have shape (N, C) or (N, C, d1, ...), got shape {tuple(x.shape)}.")
     y = check_tensor("targets", targets)
     want = (x.shape[0], *x.shape[2:])
     if tuple(y.shape) != want:
-        raise ValueError(f"`targets` must have shape {want} (`inputs` without the class dim 1), got {tuple(y.shape)}.")
+        raise ValueError(f"`targets` must have shape {want} (`{name}` without the class dim 1), got {tuple(y.shape)}.")
     w = _check_weight(sample_weight, x, y.shape, exact=True, validate_args=validate_args, warn=warn)
     num_classes = x.shape[1]
     if alpha is not None and alpha.shape[0] < num_classes:
         raise ValueError(f"`alpha` must have one weight per class (C={num_classes}), got {alpha.shape[0]} entries.")
     if validate_args:
-        check_finite_logits(x, "inputs")
+        check_finite_logits(x, name)
     ids = to_class_ids(y, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
     return x, ids, w
 
