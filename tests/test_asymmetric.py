@@ -318,7 +318,7 @@ def test_defaults_attributes_and_repr() -> None:
     assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.reduction) == (4.0, 0.0, 0.05, "mean")
     assert loss.ignore_index is None
     assert loss.state_dict() == {}
-    assert repr(AsymmetricLoss(2, 1, 0.1, "sum", ignore_index=-1)) == (
+    assert repr(AsymmetricLoss(gamma_neg=2, gamma_pos=1, clip=0.1, reduction="sum", ignore_index=-1)) == (
         "AsymmetricLoss(gamma_neg=2.0, gamma_pos=1.0, clip=0.1, reduction='sum', ignore_index=-1.0)"
     )
 

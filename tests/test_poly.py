@@ -265,7 +265,7 @@ def test_defaults_attributes_and_repr() -> None:
     loss = PolyLoss()
     assert (loss.epsilon, loss.reduction, loss.label_smoothing, loss.ignore_index) == (1.0, "mean", 0.0, -100)
     assert loss.state_dict() == {}
-    assert repr(PolyLoss(2, "sum", 0.1, 3)) == (
+    assert repr(PolyLoss(epsilon=2, reduction="sum", label_smoothing=0.1, ignore_index=3)) == (
         "PolyLoss(epsilon=2.0, reduction='sum', label_smoothing=0.1, ignore_index=3)"
     )
 

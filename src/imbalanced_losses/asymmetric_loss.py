@@ -68,12 +68,12 @@ class AsymmetricLoss(nn.Module):
 
     def __init__(
         self,
+        *,
         gamma_neg: float = 4.0,
         gamma_pos: float = 0.0,
         clip: float = 0.05,
         reduction: str = "mean",
         gather_distributed: bool | None = None,
-        *,
         ignore_index: float | None = None,
         validate_args: bool = True,
     ) -> None:

@@ -61,12 +61,12 @@ class PolyLoss(nn.Module):
 
     def __init__(
         self,
+        *,
         epsilon: float = 1.0,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
         gather_distributed: bool | None = None,
-        *,
         validate_args: bool = True,
     ) -> None:
         super().__init__()

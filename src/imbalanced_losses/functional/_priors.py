@@ -82,22 +82,22 @@ def check_class_counts(
     return counts
 
 
-def check_class_priors(class_priors: Any, *, num_classes: int | None = None) -> Tensor:
+def check_class_priors(class_priors: Any, *, num_classes: int | None = None, name: str = "class_priors") -> Tensor:
     """Validate class priors (positive, summing to 1 within :data:`PRIOR_SUM_TOLERANCE`); ``[C]`` float64.
 
     Raises:
         TypeError: Not a tensor or a sequence of real numbers.
         ValueError: Wrong shape or length, a non-positive or non-finite entry, or a sum away from 1.
     """
-    priors = _as_vector("class_priors", class_priors)
-    _check_length("class_priors", priors, num_classes)
+    priors = _as_vector(name, class_priors)
+    _check_length(name, priors, num_classes)
     if bool((priors <= 0).any()):
         raise ValueError(
-            f"`class_priors` must be > 0 (use class_counts= to have empty classes clamped), got {priors.tolist()}."
+            f"`{name}` must be > 0 (use class_counts= to have empty classes clamped), got {priors.tolist()}."
         )
     total = float(priors.sum())
     if not math.isclose(total, 1.0, abs_tol=PRIOR_SUM_TOLERANCE):
-        raise ValueError(f"`class_priors` must sum to 1 (a probability per class), got a sum of {total:g}.")
+        raise ValueError(f"`{name}` must sum to 1 (a probability per class), got a sum of {total:g}.")
     return priors / total
 
 
@@ -107,18 +107,21 @@ def log_priors(
     class_counts: Any = None,
     num_classes: int | None = None,
     warn: Warn = _warn_always,
+    priors_name: str = "class_priors",
 ) -> Tensor:
     """``[C]`` float64 log class priors from exactly one of ``class_priors`` and ``class_counts``.
+
+    ``priors_name`` is the priors' argument name in error messages.
 
     Raises:
         ValueError: Both or neither given, or either one invalid (see the checks above).
     """
     if (class_priors is None) == (class_counts is None):
         raise ValueError(
-            "Pass exactly one of `class_priors` (probabilities) and `class_counts` (counts per class), got "
+            f"Pass exactly one of `{priors_name}` (probabilities) and `class_counts` (counts per class), got "
             + ("both." if class_priors is not None else "neither.")
         )
     if class_priors is not None:
-        return check_class_priors(class_priors, num_classes=num_classes).log()
+        return check_class_priors(class_priors, num_classes=num_classes, name=priors_name).log()
     counts = check_class_counts(class_counts, num_classes=num_classes, warn=warn)
     return (counts / counts.sum()).log()

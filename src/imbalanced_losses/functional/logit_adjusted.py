@@ -230,8 +230,9 @@ def adjust_logits(
     if x.ndim == 0:
         raise ValueError("`logits` must have a class dim: shape (C,), (N, C) or (N, C, d1, ...), got a 0-d tensor.")
     class_dim = 0 if x.ndim == 1 else 1
-    # The error names `class_priors` for a bad `priors`: the one rule set, shared with the losses.
-    lp = log_priors(class_priors=priors, class_counts=class_counts, num_classes=x.shape[class_dim])
+    lp = log_priors(
+        class_priors=priors, class_counts=class_counts, num_classes=x.shape[class_dim], priors_name="priors"
+    )
     dtype = compute_dtype(x)  # half precision: adjusted in float32, rounded once
     lp = lp.to(device=x.device, dtype=dtype)
     return (x.to(dtype) - tau * (lp if x.ndim == 1 else _class_shape(lp, x.ndim))).to(x.dtype)

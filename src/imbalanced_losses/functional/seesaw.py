@@ -69,11 +69,13 @@ def check_seesaw_options(*, p: float, q: float, reduction: str, ignore_index: in
     return p, q
 
 
-def check_class_counts(class_counts: object, num_classes: int, *, validate_args: bool) -> Tensor:
-    """Check ``class_counts`` (``[C]``, real, finite, non-negative); returns it detached.
+def check_online_counts(class_counts: object, num_classes: int, *, validate_args: bool) -> Tensor:
+    """Check Seesaw's ``class_counts`` (``[C]``, real, finite, non-negative); returns it detached.
 
-    The shape and dtype checks always run; the value checks (one host synchronisation) only
-    with ``validate_args``.
+    Unlike the counts of the prior-based losses (:mod:`._priors`), zero counts are normal here
+    (a fresh module has seen nothing; the mitigation clamps counts to 1 without a warning), and
+    the module passes its buffer on every call, so the shape and dtype checks always run and the
+    value checks (one host synchronisation) only with ``validate_args``.
     """
     counts = check_tensor("class_counts", class_counts)
     if counts.ndim != 1 or counts.shape[0] != num_classes:
@@ -147,8 +149,8 @@ def prepare_seesaw(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Check a seesaw batch; returns ``(logits, class ids int64, weight)`` for :func:`seesaw_core`.
 
-    The checks and messages of the softmax focal loss (:func:`~.focal.prepare_softmax`), which
-    name the logits ``inputs``.
+    The checks and messages of the softmax focal loss (:func:`~.focal.prepare_softmax`), with
+    the scores named ``logits``.
     """
     return prepare_softmax(
         logits,
@@ -234,5 +236,5 @@ def seesaw_loss(
     """
     p, q = check_seesaw_options(p=p, q=q, reduction=reduction, ignore_index=ignore_index)
     x, ids, w = prepare_seesaw(logits, targets, sample_weight, ignore_index=ignore_index, validate_args=validate_args)
-    counts = check_class_counts(class_counts, x.shape[1], validate_args=validate_args)
+    counts = check_online_counts(class_counts, x.shape[1], validate_args=validate_args)
     return seesaw_core(x, ids, w, class_counts=counts, p=p, q=q, reduction=reduction, ignore_index=ignore_index)
