@@ -21,8 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from _ddp import run_ranks
 from imbalanced_losses import (
+    AsymmetricLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
     PAUCAtBudgetLoss,
+    PolyLoss,
     RecallAtQuantileLoss,
+    SeesawLoss,
     SigmoidFocalLoss,
     SmoothAPLoss,
     SoftmaxFocalLoss,
@@ -55,6 +60,12 @@ CASES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     # the focal losses' means run over the global batch (the global count of valid rows)
     "sigmoid_focal": (lambda: SigmoidFocalLoss(), "multihot"),
     "softmax_focal": (lambda: SoftmaxFocalLoss(alpha=[0.2, 0.3, 0.5]), "ids"),
+    # the long-tail losses likewise; Seesaw's class counts are accumulated from the gathered batch
+    "logit_adjusted": (lambda: LogitAdjustedLoss(class_counts=[50, 10, 2]), "ids"),
+    "ldam": (lambda: LDAMLoss([50, 10, 2], scale=5.0), "ids"),
+    "poly": (lambda: PolyLoss(epsilon=1.0), "ids"),
+    "seesaw": (lambda: SeesawLoss(C), "ids"),
+    "asymmetric": (lambda: AsymmetricLoss(), "multihot"),
 }
 # max_pool_size subsampling (D8): the pool (live rows, 5 to 12 kept, + up to 8 queued) exceeds K at every step.
 SUBSAMPLE_K = 6

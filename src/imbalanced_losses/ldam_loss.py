@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_bool
+from ._validation import check_bool, check_optional_bool
 from ._warnings import WarnOnce
+from .distributed import gather_batch, resolve_gather
 from .functional.focal import prepare_softmax
 from .functional.ldam import check_class_weight, check_ldam_options, ldam_core, ldam_margins
 
@@ -60,6 +61,9 @@ class LDAMLoss(nn.Module):
             non-ignored positions, as :class:`torch.nn.CrossEntropyLoss`), ``'sum'`` or
             ``'none'``.
         ignore_index: Target value of positions to leave out.
+        gather_distributed: ``None`` (auto: all-gather the batch when a process group with more
+            than one rank exists, so ``'mean'`` runs over the global batch), ``True`` (require
+            one) or ``False`` (never).
         validate_args: Run the checks that need a host synchronisation (finite logits,
             target range, weight values); default ``True``.
 
@@ -102,13 +106,16 @@ class LDAMLoss(nn.Module):
         class_weight: Tensor | Sequence[float] | None = None,
         reduction: str = "mean",
         ignore_index: int = -100,
+        gather_distributed: bool | None = None,
         validate_args: bool = True,
     ) -> None:
         super().__init__()
         self.max_margin, self.scale = check_ldam_options(
             max_margin=max_margin, scale=scale, reduction=reduction, ignore_index=ignore_index
         )
+        check_optional_bool("gather_distributed", gather_distributed)
         check_bool("validate_args", validate_args)
+        self.gather_distributed = gather_distributed
         self._warn_once = WarnOnce()
         margins = ldam_margins(class_counts, max_margin=self.max_margin, warn=self._warn_once)
         weights = check_class_weight(class_weight, num_classes=margins.shape[0], validate=True)
@@ -161,6 +168,8 @@ class LDAMLoss(nn.Module):
                 f"`logits` must have C={self.num_classes} classes along dim 1 (the length of `class_counts`), "
                 f"got shape {tuple(x.shape)}."
             )
+        if resolve_gather(self.gather_distributed):  # the mean runs over the global batch
+            x, ids, w = gather_batch(x, ids, w)
         class_weight = self.class_weight
         if class_weight is not None and tuple(class_weight.shape) != (self.num_classes,):
             raise ValueError(

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_bool
+from ._validation import check_bool, check_optional_bool
 from ._warnings import WarnOnce
+from .distributed import gather_batch, resolve_gather
 from .functional._priors import log_priors
 from .functional.focal import prepare_softmax
 from .functional.logit_adjusted import check_logit_adjusted_options, logit_adjusted_core
@@ -44,6 +45,9 @@ class LogitAdjustedLoss(nn.Module):
         reduction: ``'mean'`` (over non-ignored positions, weighted by ``sample_weight``),
             ``'sum'`` or ``'none'``.
         ignore_index: Target value of positions to leave out.
+        gather_distributed: ``None`` (auto: all-gather the batch when a process group with more
+            than one rank exists, so ``'mean'`` runs over the global batch), ``True`` (require
+            one) or ``False`` (never).
         validate_args: Run the per-batch checks that need a host synchronisation (finite
             logits, target range, weight values); default ``True``.
 
@@ -84,11 +88,14 @@ class LogitAdjustedLoss(nn.Module):
         tau: float = 1.0,
         reduction: str = "mean",
         ignore_index: int = -100,
+        gather_distributed: bool | None = None,
         validate_args: bool = True,
     ) -> None:
         super().__init__()
         self.tau = check_logit_adjusted_options(tau=tau, reduction=reduction, ignore_index=ignore_index)
+        check_optional_bool("gather_distributed", gather_distributed)
         check_bool("validate_args", validate_args)
+        self.gather_distributed = gather_distributed
         self._warn_once = WarnOnce()
         lp = log_priors(class_priors=class_priors, class_counts=class_counts, warn=self._warn_once)
         self.register_buffer("log_prior", lp.to(torch.float32))
@@ -134,6 +141,8 @@ class LogitAdjustedLoss(nn.Module):
                 f"`logits` must have C={self.num_classes} classes in dim 1 (one per class prior), "
                 f"got shape {tuple(x.shape)}."
             )
+        if resolve_gather(self.gather_distributed):  # the mean runs over the global batch
+            x, ids, w = gather_batch(x, ids, w)
         return logit_adjusted_core(
             x,
             ids,
@@ -164,6 +173,9 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
             a warning).
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
         ignore_index: Target value of positions to leave out.
+        gather_distributed: ``None`` (auto: all-gather the batch when a process group with more
+            than one rank exists, so ``'mean'`` runs over the global batch), ``True`` (require
+            one) or ``False`` (never).
         validate_args: Run the per-batch checks that need a host synchronisation.
 
     Example:
@@ -184,6 +196,7 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
         class_counts: Tensor | Any = None,
         reduction: str = "mean",
         ignore_index: int = -100,
+        gather_distributed: bool | None = None,
         validate_args: bool = True,
     ) -> None:
         super().__init__(
@@ -192,6 +205,7 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
             tau=1.0,
             reduction=reduction,
             ignore_index=ignore_index,
+            gather_distributed=gather_distributed,
             validate_args=validate_args,
         )
 
