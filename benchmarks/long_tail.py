@@ -1,6 +1,6 @@
 """Long-tailed multi-class benchmark: the prior-aware softmax losses against cross-entropy.
 
-Ten arms train the same small MLP on long-tailed multi-class data that needs no download at
+Twelve arms train the same small MLP on long-tailed multi-class data that needs no download at
 run time, and are compared with plain cross-entropy (CE) on class-balanced metrics:
 
 * ``digits-ir10``, ``digits-ir100``: scikit-learn's ``load_digits`` (1,797 rows, 64 pixels, 10
@@ -109,6 +109,7 @@ ARMS: dict[str, str] = {
     "balanced-softmax": "Balanced softmax",
     "ldam": "LDAM (cosine)",
     "ldam-drw": "LDAM-DRW (cosine)",
+    "ce-drw": "CE-DRW",
 }
 #: Multi-label arms.
 ML_ARMS: dict[str, str] = {"bce": "BCE", "sigmoid-focal": "Sigmoid focal", "asl": "Asymmetric (ASL)"}
@@ -355,6 +356,11 @@ def build_loss(arm: str, counts: list[int], epochs: int) -> nn.Module:
         ldam = LDAMLoss(c, max_margin=LDAM_MAX_MARGIN, scale=LDAM_SCALE)
         weights = class_balanced_weights(c, beta=CB_BETA)
         return DeferredReweighting(ldam, weights, start_epoch=int(DRW_FRACTION * epochs))
+    if arm == "ce-drw":
+        weights = class_balanced_weights(c, beta=CB_BETA)
+        return DeferredReweighting(
+            nn.CrossEntropyLoss(), weights, start_epoch=int(DRW_FRACTION * epochs), attribute="weight"
+        )
     if arm == "bce":
         return nn.BCEWithLogitsLoss()
     if arm == "sigmoid-focal":

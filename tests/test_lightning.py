@@ -11,7 +11,7 @@ from torch import nn
 
 lightning = pytest.importorskip("lightning.pytorch", reason="the `lightning` extra is not installed")
 
-from imbalanced_losses import LossWarmupWrapper, SmoothAPLoss  # noqa: E402
+from imbalanced_losses import DeferredReweighting, LossWarmupWrapper, SmoothAPLoss  # noqa: E402
 from imbalanced_losses.integrations.lightning import WarmupCallback  # noqa: E402
 
 BATCHES, BATCH = 4, 32
@@ -118,6 +118,32 @@ def test_without_the_callback_nothing_advances(monkeypatch: pytest.MonkeyPatch) 
     assert any("warm-up never ends" in m and "WarmupCallback" in m for m in messages)
     assert wrapper.in_warmup
     assert main.resets == 0
+
+
+class WeightRecorder(nn.Module):
+    """Weighted BCE over two one-vs-rest columns that records the class weights of each forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_weight: torch.Tensor | None = None
+        self.seen: list[torch.Tensor | None] = []
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.class_weight)
+        weight = 1.0 if self.class_weight is None else self.class_weight[targets]
+        return (
+            weight
+            * nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), targets.float(), reduction="none")
+        ).mean()
+
+
+def test_deferred_reweighting_is_driven_by_epoch() -> None:
+    loss = WeightRecorder()
+    drw = DeferredReweighting(loss, torch.tensor([0.5, 3.0]), start_epoch=2)
+    model = Tiny(drw)  # type: ignore[arg-type]
+    fit(model, epochs=3, callback=WarmupCallback())  # found inside the LightningModule
+    assert [w is None for w in loss.seen] == [True] * (2 * BATCHES) + [False] * BATCHES
+    assert "loss._extra_state" in model.state_dict()
 
 
 def test_rejects_non_wrappers() -> None:

@@ -35,7 +35,7 @@ class DeferredReweighting(nn.Module):
     :class:`~imbalanced_losses.SoftmaxFocalLoss` (``attribute='alpha'``).
 
     Drive it with :meth:`on_train_epoch_start` at the start of every epoch (0-based, as
-    Lightning's ``trainer.current_epoch``). The epoch is saved in the wrapper's
+    Lightning's ``trainer.current_epoch``; the Lightning ``WarmupCallback`` does it). The epoch is saved in the wrapper's
     ``_extra_state`` (like :class:`~imbalanced_losses.LossWarmupWrapper`'s schedule), so a
     checkpoint restores the phase and the wrapped loss's weights; the target weights are the
     persistent float32 buffer ``class_weight`` and follow ``.to()``.
