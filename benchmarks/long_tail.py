@@ -29,7 +29,10 @@ Method (details and results in ``benchmarks/LONG_TAIL.md``): features standardis
 training split's mean and standard deviation; an MLP ``d -> 64 -> ReLU -> C`` trained with Adam
 (lr 1e-3) for a fixed number of epochs; 5 seeds (initial weights and batch order; the split is
 fixed), every arm of a seed starting from the same weights and seeing the same batches. The
-LDAM arms use a cosine last layer (``F.linear(normalize(h), normalize(W))``) as LDAM expects.
+LDAM arms use a cosine last layer (``F.linear(normalize(h), normalize(W))``) as LDAM expects;
+the two DRW arms (LDAM-DRW and the CE-DRW control) switch to class-balanced weights
+(``beta=0.9999``) at 75% of the epochs, with the learning rate unchanged. ``posthoc-la`` is not
+trained: it applies ``adjust_logits`` (``tau=1``) to the CE model of the same seed.
 Reported on the test split: balanced accuracy, macro-F1 and tail recall (mean recall of the
 rarest third of the classes, by training count), as mean ± population std over seeds, and a
 paired bootstrap 95% interval of each arm's difference from CE (test rows and seeds resampled
