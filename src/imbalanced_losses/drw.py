@@ -35,10 +35,11 @@ class DeferredReweighting(nn.Module):
     :class:`~imbalanced_losses.SoftmaxFocalLoss` (``attribute='alpha'``).
 
     Drive it with :meth:`on_train_epoch_start` at the start of every epoch (0-based, as
-    Lightning's ``trainer.current_epoch``; the Lightning ``WarmupCallback`` does it). The epoch is saved in the wrapper's
-    ``_extra_state`` (like :class:`~imbalanced_losses.LossWarmupWrapper`'s schedule), so a
-    checkpoint restores the phase and the wrapped loss's weights; the target weights are the
-    persistent float32 buffer ``class_weight`` and follow ``.to()``.
+    Lightning's ``trainer.current_epoch``; the Lightning ``WarmupCallback`` does it). The
+    epoch is saved in the wrapper's ``_extra_state`` (like
+    :class:`~imbalanced_losses.LossWarmupWrapper`'s schedule), so a checkpoint restores the
+    phase and the wrapped loss's weights; the target weights are the persistent float32 buffer
+    ``class_weight`` and follow ``.to()``.
 
     Design: this reuses the warm-up wrapper's machinery where it fits (the epoch hook and its
     integer-like argument check, the checkpointed ``_extra_state`` with old checkpoints
