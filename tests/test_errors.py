@@ -105,7 +105,7 @@ def test_ctor_rejects_bad_type(name: str, arg: str, value) -> None:
 
 
 def test_temperature_message_follows_the_error_template() -> None:
-    with pytest.raises(ValueError, match=r"^`temperature` must be a finite number in \(0, inf\), got -1.0.$"):
+    with pytest.raises(ValueError, match=r"^`temperature` must be positive \(a finite number >= 1e-20\), got -1.0.$"):
         SmoothAPLoss(num_classes=4, temperature=-1.0)
 
 

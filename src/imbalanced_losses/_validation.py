@@ -1,8 +1,11 @@
 """Argument and input checks shared by every loss.
 
 One error template everywhere: the message names the argument, what was expected and what
-was received, e.g. ``"`temperature` must be a finite number > 0, got -1.0."``. Bad values and
-shapes raise :class:`ValueError`; wrong Python types or tensor dtypes raise :class:`TypeError`.
+was received, e.g. ``"`temperature` must be positive (a finite number >= 1e-20), got -1.0."``.
+Bad values and shapes raise :class:`ValueError`; wrong Python types or tensor dtypes raise
+:class:`TypeError`. Where imbalanced-losses 0.6 raised or warned with a recognisable phrase
+("must be positive", "invalid reduction", "alpha ... beta", "Expected logits [N, C]", ...),
+the message keeps it (see ``tests/test_error_phrases_06.py``).
 
 Checks that need a host synchronisation (finiteness of the logits, the range of the target
 ids) run only when ``validate_args`` is true; shape and dtype checks always run.
@@ -32,6 +35,11 @@ INTERPOLATIONS = ("linear", "lower", "higher", "nearest", "midpoint")
 TEMPERATURE_MIN = 1e-20
 
 
+#: Arguments that imbalanced-losses 0.6 reported as "must be positive" when ``<= 0``; their
+#: messages keep the phrase (the other ``> 0`` arguments read "must be a finite number in (0, inf)").
+_POSITIVE_06 = frozenset({"temperature", "temp_start", "temp_end"})
+
+
 class ArgumentTypeError(TypeError, ValueError):
     """A hyperparameter of the wrong Python type.
 
@@ -54,6 +62,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(f"`{name}` must be an int, got {_fmt(value)} of type {type(value).__name__}.")
     if minimum is not None and value < minimum:
+        if minimum == 1:  # "must be positive": 0.6's phrase for num_classes and max_pool_size
+            raise ValueError(f"`{name}` must be positive (an int >= 1), got {value!r}.")
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
 
 
@@ -65,11 +75,14 @@ def check_float(
     high: float | None = None,
     low_open: bool = True,
     high_open: bool = True,
+    constraint: str | None = None,
 ) -> float:
     """Require a finite real number inside an interval and return it as ``float``.
 
     ``low_open``/``high_open`` choose open or closed interval ends; ``None`` means unbounded.
-    A value named ``temperature`` must also be at least :data:`TEMPERATURE_MIN`: every ranking
+    ``constraint`` (e.g. ``"0 <= alpha < beta <= 1"``) is quoted in the error message. The
+    arguments of :data:`_POSITIVE_06` are reported as "must be positive" (0.6's phrase). A
+    value named ``temperature`` must also be at least :data:`TEMPERATURE_MIN`: every ranking
     loss checks its temperature here (constructors, each module call, the functional forms).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -88,7 +101,11 @@ def check_float(
     if high is not None:
         bad = bad or (out >= high if high_open else out > high)
     if bad:
-        raise ValueError(f"`{name}` must be a finite number in {lo_txt}, {hi_txt}, got {value!r}.")
+        if name in _POSITIVE_06 and low == 0.0 and low_open and high is None:
+            least = f">= {TEMPERATURE_MIN:g}" if name == "temperature" else "> 0"
+            raise ValueError(f"`{name}` must be positive (a finite number {least}), got {value!r}.")
+        extra = f" ({constraint})" if constraint else ""
+        raise ValueError(f"`{name}` must be a finite number in {lo_txt}, {hi_txt}{extra}, got {value!r}.")
     if name == "temperature" and 0.0 < out < TEMPERATURE_MIN:
         raise ValueError(
             f"`temperature` must be a finite number >= {TEMPERATURE_MIN:g} (smaller temperatures overflow "
@@ -101,7 +118,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     """Require ``value`` to be one of ``choices``."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+        # "invalid reduction '<value>'": 0.6's phrase for the ranking losses
+        what = f"an invalid reduction {value!r}" if name == "reduction" else repr(value)
+        raise ValueError(f"`{name}` must be one of {choices}, got {what}.")
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -136,7 +155,10 @@ def check_logits(logits: Any, num_classes: int | None = None, name: str = "logit
             hint = "flatten sequence dimensions first"
         else:
             hint = "one column per class"
-        raise ValueError(f"`{name}` must have shape {want} ({hint}), got shape {tuple(logits.shape)}.")
+        c_txt = f" with C={num_classes}" if num_classes is not None else ""
+        raise ValueError(  # "Expected logits [N, C]": 0.6's phrase
+            f"Expected {name} [N, C]{c_txt}: `{name}` must have shape {want} ({hint}), got shape {tuple(logits.shape)}."
+        )
     return logits
 
 
@@ -258,9 +280,9 @@ def to_class_ids(targets: Tensor, *, num_classes: int, ignore_index: int, valida
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_classes))
         if bool(bad.any()):
             vals = torch.unique(targets[bad])[:8].tolist()
-            raise ValueError(
+            raise ValueError(  # "targets contain class ids outside [0, C)": 0.6's phrase
                 f"`targets` must be class ids in [0, {num_classes}) or ignore_index={ignore_index}, "
-                f"got out-of-range value(s) {vals}."
+                f"got out-of-range value(s) {vals} (targets contain class ids outside [0, {num_classes}))."
             )
     return targets
 

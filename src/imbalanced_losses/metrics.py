@@ -449,8 +449,9 @@ def partial_auc(
         >>> round(partial_auc(scores, targets, beta=0.5).item(), 4)  # TPR 1/2 on [0, 1/3], then 1
         0.6667
     """
-    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True)
-    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False)
+    band = "0 <= alpha < beta <= 1"
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True, constraint=band)
+    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False, constraint=band)
     if not alpha < beta:
         raise ValueError(f"`alpha` and `beta` must satisfy 0 <= alpha < beta <= 1, got alpha={alpha!r}, beta={beta!r}.")
     if normalize not in NORMALIZATIONS:

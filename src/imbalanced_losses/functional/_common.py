@@ -79,7 +79,7 @@ def normalize_targets(
 def binary_target_message(values: list[float]) -> str:
     """Text of the warning for binary targets outside ``{0, 1}``."""
     return (
-        f"Binary mode (num_classes=1) expects `targets` in {{0, 1}}, got value(s) {values}; "
+        f"Binary mode (num_classes=1) expects targets in {{0, 1}}, got value(s) {values}; "
         "every non-zero target counts as a positive."
     )
 

@@ -26,7 +26,6 @@ from torch.nn.functional import logsigmoid
 
 from .._validation import (
     ArgumentTypeError,
-    check_choice,
     check_finite_logits,
     check_float,
     check_int,
@@ -50,6 +49,16 @@ def _warn_always(key: str, message: str) -> None:
     warn(message)
 
 
+def _check_reduction(reduction: str, modes: tuple[str, ...]) -> None:
+    """Require a supported ``reduction``; the message keeps 0.6's "Invalid reduction: ... Supported modes: ..."."""
+    if reduction not in modes:
+        supported = ", ".join(repr(m) for m in modes)
+        raise ValueError(
+            f"Invalid reduction: {reduction!r}. Supported modes: {supported} (`reduction` must be one of {modes}, "
+            f"got {reduction!r})."
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Hyperparameters (checked by the functions on every call and by the modules at construction)
 # --------------------------------------------------------------------------------------------
@@ -63,7 +72,7 @@ def check_sigmoid_options(
     if alpha != -1.0 and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1], or -1 to disable the class weighting, got {alpha!r}.")
     gamma = check_float("gamma", gamma, low=0.0, low_open=False)
-    check_choice("reduction", reduction, SIGMOID_REDUCTIONS)
+    _check_reduction(reduction, SIGMOID_REDUCTIONS)
     ignore = None if ignore_index is None else check_float("ignore_index", ignore_index)
     return alpha, gamma, ignore
 
@@ -73,7 +82,7 @@ def check_softmax_options(
 ) -> tuple[float, float]:
     """Validate the softmax focal hyperparameters other than ``alpha``; returns ``(gamma, label_smoothing)``."""
     gamma = check_float("gamma", gamma, low=0.0, low_open=False)
-    check_choice("reduction", reduction, SOFTMAX_REDUCTIONS)
+    _check_reduction(reduction, SOFTMAX_REDUCTIONS)
     label_smoothing = check_float(
         "label_smoothing", label_smoothing, low=0.0, high=1.0, low_open=False, high_open=False
     )

@@ -39,8 +39,9 @@ def check_pauc_args(
     *, alpha: float, beta: float, n_knots: int, surrogate: str, tau_scale: str, pos_numerator: str, budget_basis: str
 ) -> tuple[float, float]:
     """Validate the pAUC options; returns ``(alpha, beta)`` as floats."""
-    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True)
-    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False)
+    band = "0 <= alpha < beta <= 1"  # the messages name both, as 0.6's ("alpha.*beta") did
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=False, high_open=True, constraint=band)
+    beta = check_float("beta", beta, low=0.0, high=1.0, low_open=True, high_open=False, constraint=band)
     if not alpha < beta:
         raise ValueError(f"`alpha` and `beta` must satisfy 0 <= alpha < beta <= 1, got alpha={alpha!r}, beta={beta!r}.")
     check_int("n_knots", n_knots, minimum=2)
