@@ -648,3 +648,26 @@ def test_cli_module_entry_point_and_lazy_import(tmp_path, data):
     )
     assert res.returncode == 2
     assert "`budget` must be" in res.stderr
+
+
+def test_candidates_give_both_losses_whatever_the_decision():
+    # Perfect ranking: cross-entropy is advised, yet both candidates are ready to pass; with no
+    # contested window the pAUC band falls back to [0, budget].
+    scores, targets = interleaved(1000, 0, 10)
+    advice = advise(-scores, targets, budget=0.01, n_boot=0)
+    assert advice.loss == KEEP_CROSS_ENTROPY and advice.kwargs == {}
+    pauc = advice.candidates["PAUCAtBudgetLoss"]
+    assert (pauc["alpha"], pauc["beta"], pauc["surrogate"]) == (0.0, 0.01, "pairwise")
+    assert advice.candidates["RecallAtQuantileLoss"]["quantile"] == 0.01
+    PAUCAtBudgetLoss(**pauc)
+    RecallAtQuantileLoss(**advice.candidates["RecallAtQuantileLoss"])
+    # Where a loss is advised, its candidate is exactly ``kwargs``; the other is still offered.
+    scores, targets = interleaved(10_000, 100, 50)
+    advice = advise(scores, targets, budget=0.01, n_boot=0)
+    assert advice.loss == "PAUCAtBudgetLoss"
+    assert advice.candidates["PAUCAtBudgetLoss"] == advice.kwargs
+    assert (advice.candidates["PAUCAtBudgetLoss"]["alpha"], advice.candidates["PAUCAtBudgetLoss"]["beta"]) == (
+        0.0,
+        0.0101,
+    )
+    assert advice.candidates["RecallAtQuantileLoss"]["num_classes"] == 1

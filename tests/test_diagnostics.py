@@ -32,7 +32,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
 from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss, smooth_ap_loss
-from imbalanced_losses.functional._common import SATURATION
+from imbalanced_losses.functional._diagnostics import SATURATION
 from imbalanced_losses.metrics import partial_auc, recall_at_quantile
 
 try:

@@ -7,7 +7,7 @@ import torch
 
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss
 from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss
-from imbalanced_losses.functional._common import masked_column_quantiles
+from imbalanced_losses.functional._quantiles import masked_column_quantiles
 
 MODES = ["linear", "lower", "higher", "nearest", "midpoint"]
 

@@ -8,6 +8,8 @@ that raises leaves it as it was. The math lives in :mod:`imbalanced_losses.funct
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -27,16 +29,10 @@ from ._validation import (
 )
 from ._warnings import WarnOnce
 from .distributed import gather_batch, resolve_gather, shared_generator
+from .functional._arith import compute_dtype
 from .functional._classes import ClassWeight, check_class_weight, run_on_classes
-from .functional._common import (
-    Pool,
-    RankingResult,
-    compute_dtype,
-    kept_rows,
-    make_pool,
-    package,
-    validate_batch,
-)
+from .functional._pool import Pool, kept_rows, make_pool, validate_batch
+from .functional._reduce import RankingResult, package
 
 #: ``core(pool, iid [M] bool or None, live [M] bool or None) -> RankingResult`` (``None``: every row)
 Core = Callable[..., RankingResult]
@@ -87,6 +83,7 @@ class RankingLoss(nn.Module):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
         self.num_classes = num_classes
         self.queue_size = queue_size
+        self._temperature_tensor: Tensor | None = None
         self.temperature = temperature
         self.reduction = reduction
         self.ignore_index = ignore_index
@@ -111,6 +108,39 @@ class RankingLoss(nn.Module):
     def _extra_repr_names(self) -> list[str]:
         return []
 
+    @property
+    def temperature(self) -> float:
+        """The sigmoid temperature; assign to change it (e.g. from a schedule), checked at the next call.
+
+        The forward pass reads a 0-d float64 CPU tensor made at each assignment of a valid number,
+        not the float, so under ``torch.compile`` a temperature schedule does not recompile the
+        loss at every step. Other values (e.g. a tensor) are checked and converted at every call,
+        as before.
+        """
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature: Any = value
+        tensor = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            with contextlib.suppress(TypeError, ValueError):  # an invalid value raises at the next call
+                tensor = torch.tensor(check_float("temperature", value, low=0.0), dtype=torch.float64)
+        self._temperature_tensor = tensor  # a new tensor, never changed in place (autograd may hold it)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Modules pickled before the temperature became a property kept it in `__dict__`.
+        temperature = state.pop("temperature", None)
+        super().__setstate__(state)
+        if "_temperature" not in self.__dict__:
+            self.temperature = temperature
+
+    def _temperature_arg(self) -> float | Tensor:
+        """The temperature for the core: the 0-d tensor, or the checked float of a value of another type."""
+        if self._temperature_tensor is not None:
+            return self._temperature_tensor
+        return check_float("temperature", self.temperature, low=0.0)
+
     def reset_queue(self) -> None:
         """Empty the memory queue (e.g. before validation or after a schedule switch)."""
         self._queue.reset()
@@ -134,7 +164,8 @@ class RankingLoss(nn.Module):
         num_classes, ignore_index = self.num_classes, self.ignore_index
         check_bool("return_per_class", return_per_class)
         check_bool("return_diagnostics", return_diagnostics)
-        check_float("temperature", self.temperature, low=0.0)
+        if self._temperature_tensor is None:  # not a valid number: raise, or check a tensor at every call
+            check_float("temperature", self.temperature, low=0.0)
         if isinstance(iid_mask, bool):
             raise TypeError(
                 f"`iid_mask` (the third positional argument) must be a [N] tensor or None, got {iid_mask!r}; "

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .functional._common import compute_dtype
+from .functional._arith import compute_dtype
 
 _KEYS = ("_q_logits", "_q_targets", "_q_ptr", "_q_iid", "_q_weight")
 

@@ -118,14 +118,13 @@ class SmoothAPLoss(RankingLoss):
             ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
             ``(loss, per_class, valid, stats)``.
         """
-        temperature = self.temperature
         step = self._run(
             logits,
             targets,
             iid_mask,
             sample_weight,
             lambda pool, iid, live: smooth_ap_core(
-                pool, temperature=float(temperature), diagnostics=return_diagnostics
+                pool, temperature=self._temperature_arg(), diagnostics=return_diagnostics
             ),
             return_per_class=return_per_class,
             return_diagnostics=return_diagnostics,

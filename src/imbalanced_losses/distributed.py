@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .functional._common import compute_dtype
+from .functional._arith import compute_dtype
 
 __all__ = ["all_gather_no_grad", "all_gather_with_grad", "resolve_gather"]
 

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._schedule import Phase, PhaseSchedule, as_position
 from ._validation import ArgumentTypeError, check_int
 from ._warnings import WarnOnce, warn
-from .warmup_wrapper import _HOOK_GRACE, _as_index
+from .warmup_wrapper import _HOOK_GRACE
 
 __all__ = ["DeferredReweighting"]
 
@@ -41,8 +42,9 @@ class DeferredReweighting(nn.Module):
     phase and the wrapped loss's weights; the target weights are the persistent float32 buffer
     ``class_weight`` and follow ``.to()``.
 
-    Design: this reuses the warm-up wrapper's machinery where it fits (the epoch hook and its
-    integer-like argument check, the checkpointed ``_extra_state`` with old checkpoints
+    Design: this reuses the warm-up wrapper's machinery where it fits (the schedule's arithmetic,
+    a warm-up of ``start_epoch`` epochs and then the main phase, without blend; the epoch hook
+    and its integer-like argument check, the checkpointed ``_extra_state`` with old checkpoints
     accepted, the once-per-instance warning when the hook is never called) but is not a
     :class:`~imbalanced_losses.LossWarmupWrapper`: that one switches between *two* loss
     modules, and DRW with two copies of a loss (weighted and not) would double any state the
@@ -145,7 +147,7 @@ class DeferredReweighting(nn.Module):
     @property
     def reweighting(self) -> bool:
         """Whether the class weights are in use (``epoch >= start_epoch``)."""
-        return self._epoch >= self.start_epoch
+        return PhaseSchedule(warmup=self.start_epoch).phase(self._epoch) is not Phase.WARMUP
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Call at the start of every training epoch; sets the loss's weights for that epoch.
@@ -158,7 +160,7 @@ class DeferredReweighting(nn.Module):
             TypeError: ``epoch`` is not integer-like.
             ValueError: ``epoch < 0``.
         """
-        epoch = _as_index("epoch", epoch)
+        epoch = as_position("epoch", epoch)
         check_int("epoch", epoch, minimum=0)
         self._epoch = epoch
         self._epoch_hook_seen = True

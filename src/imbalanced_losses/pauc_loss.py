@@ -176,13 +176,12 @@ class PAUCAtBudgetLoss(RankingLoss):
             interpolation=self.quantile_interpolation,
             detach_thresholds=self.detach_thresholds,
         )
-        temperature = self.temperature  # checked by _run before the core runs
         step = self._run(
             logits,
             targets,
             iid_mask,
             sample_weight,
-            lambda pool, iid, live: core(pool, iid=iid, live=live, temperature=float(temperature)),
+            lambda pool, iid, live: core(pool, iid=iid, live=live, temperature=self._temperature_arg()),
             return_per_class=return_per_class,
             return_diagnostics=return_diagnostics,
         )

@@ -133,7 +133,7 @@ class RecallAtQuantileLoss(RankingLoss):
             ``loss``, ``(loss, per_class, valid)``, ``(loss, stats)`` or
             ``(loss, per_class, valid, stats)``.
         """
-        temperature, quantile, interpolation = self.temperature, self.quantile, self.quantile_interpolation
+        quantile, interpolation = self.quantile, self.quantile_interpolation
         step = self._run(
             logits,
             targets,
@@ -142,7 +142,7 @@ class RecallAtQuantileLoss(RankingLoss):
             lambda pool, iid, live: recall_at_quantile_core(
                 pool,
                 quantile=quantile,
-                temperature=float(temperature),
+                temperature=self._temperature_arg(),  # checked by _run before the core runs
                 interpolation=interpolation,
                 detach_thresholds=self.detach_thresholds,
                 tau_scale=self.tau_scale,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
-import operator
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._schedule import Phase, PhaseSchedule, as_position
 from ._validation import check_bool, check_float, check_int, check_optional_bool
 from ._warnings import WarnOnce, warn
 from .focal_loss import SigmoidFocalLoss
@@ -92,6 +90,14 @@ class LossWarmupWrapper(nn.Module):
     survives ``torch.load(..., weights_only=True)`` and a resume neither re-latches nor wipes
     the restored queue. State dicts of ``imbalanced-losses`` 0.6 load as they are; older ones
     without ``_extra_state`` load (also with ``strict=True``) and keep the current schedule.
+
+    **Under** ``torch.compile``. The schedule's arithmetic runs in the hooks, outside the
+    compiled region. ``forward`` reads only which losses run (it changes at the phase
+    boundaries) and the blend weights, kept as 0-d tensors; the ranking losses of this library
+    likewise hand their temperature to the kernels as a 0-d tensor. So a compiled wrapper (or a
+    compiled step that calls it) compiles new frames at the phase changes only, not at every
+    step of the blend or of the temperature decay. Changes to the hyperparameter attributes
+    (``temp_end``, ...) take effect at the next hook call.
 
     Args:
         warmup_loss: Loss used during the warm-up (e.g. cross-entropy), called as
@@ -272,10 +278,16 @@ class LossWarmupWrapper(nn.Module):
         self._epoch_hook_seen = False
         self._warmup_forwards = 0
         self._warn_once = WarnOnce()
+        # What forward reads (derived from the position by _refresh, never saved): which losses
+        # run, and the blend weights (1 - w, w) as 0-d float64 CPU tensors, so that compiled code
+        # gets new values without a recompile.
+        self._runs = (True, False)
+        self._blend_weights = (torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64))
         if self._length(warmup=True) == 0:
             # No warm-up: the main phase (and the temperature schedule) starts at step 0.
             self._switch_step = 0
             self._set_temperature(self.temp_start)
+        self._refresh()
 
     def extra_repr(self) -> str:
         """The schedule's hyperparameters (those of the active mode) for ``repr``."""
@@ -295,6 +307,27 @@ class LossWarmupWrapper(nn.Module):
         return self._global_step if self._step_mode else self._epoch
 
     @property
+    def _schedule(self) -> PhaseSchedule:
+        """The schedule's arithmetic, from the current hyperparameters of the active mode."""
+        return PhaseSchedule(
+            warmup=self._length(warmup=True),
+            blend=self._length(warmup=False),
+            final_main_weight=self.final_main_weight,
+            temp_start=self.temp_start,
+            temp_end=self.temp_end,
+            temp_decay_steps=self.temp_decay_steps,
+        )
+
+    def _refresh(self) -> None:
+        """Recompute what ``forward`` reads from the position (after every hook and restore)."""
+        schedule, position = self._schedule, self._position
+        self._runs = schedule.runs(position)
+        point = schedule.at(position)
+        values = (point.warmup_weight, point.main_weight)
+        if tuple(float(t) for t in self._blend_weights) != values:  # new tensors: never mutated in place
+            self._blend_weights = tuple(torch.tensor(v, dtype=torch.float64) for v in values)  # type: ignore[assignment]
+
+    @property
     def in_warmup(self) -> bool:
         """Whether the warm-up loss alone is in use (epoch or last global step ``< W``)."""
         return self._position < self._length(warmup=True)
@@ -302,18 +335,12 @@ class LossWarmupWrapper(nn.Module):
     @property
     def in_blend(self) -> bool:
         """Whether both losses are being blended with a growing main weight (``W <= x < W + B``)."""
-        blend = self._length(warmup=False)
-        return not self.in_warmup and blend > 0 and self._position < self._length(warmup=True) + blend
+        return self._schedule.phase(self._position) is Phase.BLEND
 
     @property
     def main_weight(self) -> float:
         """Weight ``w`` of the main loss: 0 in warm-up, ``f (x - W + 1) / (B + 1)`` in the blend, then ``f``."""
-        if self.in_warmup:
-            return 0.0
-        warmup, blend = self._length(warmup=True), self._length(warmup=False)
-        if blend == 0 or self._position >= warmup + blend:
-            return self.final_main_weight
-        return (self._position - warmup + 1) / (blend + 1) * self.final_main_weight
+        return self._schedule.main_weight(self._position)
 
     @property
     def current_temperature(self) -> float | None:
@@ -333,8 +360,9 @@ class LossWarmupWrapper(nn.Module):
         Args:
             epoch: The epoch about to start (0-based).
         """
-        self._epoch = _as_index("epoch", epoch)
+        self._epoch = as_position("epoch", epoch)
         self._epoch_hook_seen = True
+        self._refresh()
         if self.in_warmup:
             return
         if not self._step_mode and self._switch_step is None:
@@ -352,10 +380,11 @@ class LossWarmupWrapper(nn.Module):
         Args:
             global_step: The global step of this batch.
         """
-        global_step = _as_index("global_step", global_step)
+        global_step = as_position("global_step", global_step)
         self._batch_hook_seen = True
         if self._step_mode:
             self._global_step = global_step
+            self._refresh()
             if not self.in_warmup and self._switch_step is None:
                 self._switch_step = _ARMED
         if self.in_warmup or self._switch_step is None:
@@ -365,8 +394,7 @@ class LossWarmupWrapper(nn.Module):
             self._set_temperature(self.temp_start)
             self._reset_main_queue()
             return
-        progress = min(1.0, (global_step - self._switch_step) / self.temp_decay_steps)
-        self._set_temperature(self.temp_start * math.exp(progress * math.log(self.temp_end / self.temp_start)))
+        self._set_temperature(self._schedule.temperature(global_step - self._switch_step))
 
     def _set_temperature(self, value: float) -> None:
         if self._has_temperature:
@@ -403,7 +431,10 @@ class LossWarmupWrapper(nn.Module):
                 ``[N]`` targets that are not labels in ``[0, 1]`` (``C == 1``) or class ids in
                 ``[0, C)``.
         """
-        if self.in_warmup:
+        # Only `_runs` (changes at the phase boundaries) and the 0-d weight tensors are read here,
+        # not the step or epoch counters: under torch.compile a new step is no new frame.
+        runs_warmup, runs_main = self._runs
+        if not runs_main:
             hook_seen = self._batch_hook_seen if self._step_mode else self._epoch_hook_seen
             if self.training and not hook_seen:
                 self._warmup_forwards += 1
@@ -417,16 +448,16 @@ class LossWarmupWrapper(nn.Module):
                 "called, so the temperature schedule never runs (and the queue is not reset at the switch). Call it "
                 "before every training batch. (Shown once.)",
             )
-        weight = self.main_weight
-        if weight >= 1.0:
+        if not runs_warmup:
             return self.main_loss(logits, targets, **kwargs)
         warmup_out = self._warmup_forward(logits, targets, kwargs)
         if isinstance(warmup_out, tuple):
             warmup_out = warmup_out[0]
         main_out = self.main_loss(logits, targets, **kwargs)
+        warmup_weight, main_weight = self._blend_weights
         if isinstance(main_out, tuple):
-            return ((1.0 - weight) * warmup_out + weight * main_out[0], *main_out[1:])
-        return (1.0 - weight) * warmup_out + weight * main_out
+            return (_scaled(warmup_weight, warmup_out) + _scaled(main_weight, main_out[0]), *main_out[1:])
+        return _scaled(warmup_weight, warmup_out) + _scaled(main_weight, main_out)
 
     def _missing_hook_message(self) -> str:
         if self._step_mode:
@@ -491,6 +522,13 @@ class LossWarmupWrapper(nn.Module):
         temperature = state.get("temperature")
         if temperature is not None:
             self._set_temperature(float(temperature))
+        self._refresh()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_runs" not in self.__dict__:  # pickled before forward read derived tensors
+            self._blend_weights = (torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+            self._refresh()
 
     def _load_from_state_dict(
         self,
@@ -564,10 +602,18 @@ def _accepts_sample_weight(loss: nn.Module) -> bool:
     return any(p.name == "sample_weight" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _as_index(name: str, value: Any) -> int:
-    """An epoch or step as a plain ``int`` (numpy and 0-d integer tensors accepted; bools rejected)."""
-    if not isinstance(value, bool):
-        with contextlib.suppress(TypeError):
-            value = operator.index(value)
-    check_int(name, value)
-    return int(value)
+def _scaled(weight: Tensor, value: Tensor) -> Tensor:
+    """``weight * value`` for a 0-d float64 CPU ``weight``, as if ``weight`` were a Python float.
+
+    Same dtype and same rounding as ``float(weight) * value``: the scalar enters the product in
+    the op-math precision of ``value``'s dtype (float32 for half types) and the product is
+    rounded to that dtype. The CPU scalar mixes with CUDA values without a synchronisation.
+    """
+    # torch.result_type(value, 1.0) and the op-math dtype, without ops that break a Dynamo graph
+    dtype = value.dtype if value.is_floating_point() or value.is_complex() else torch.get_default_dtype()
+    opmath = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return (weight.to(opmath) * value).to(dtype)
+
+
+#: Kept for imports of the former name.
+_as_index = as_position

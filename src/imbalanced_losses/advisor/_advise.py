@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional._common import MIN_DISPERSION
+from ..functional._quantiles import MIN_DISPERSION
 from ._mass import ContestableMass, _analyse, _Analysis, _iqr, format_table
 
 __all__ = [
@@ -79,6 +79,11 @@ class Advice:
             classes, ratios macro-averaged over the classes with positives).
         reasoning: One paragraph explaining the decision.
         mass: The per-class :class:`ContestableMass` behind ``numbers``.
+        candidates: Constructor arguments of *both* ranking losses, whatever the decision:
+            ``{"PAUCAtBudgetLoss": {...}, "RecallAtQuantileLoss": {...}}``, for trying one
+            where cross-entropy is advised (``kwargs`` is the entry of ``loss``). Where no
+            false-positive-rate window is contested (``fpr_lo`` is ``nan``) the pAUC band
+            falls back to ``[0, budget]``.
     """
 
     loss: str
@@ -86,6 +91,7 @@ class Advice:
     numbers: dict[str, float]
     reasoning: str
     mass: ContestableMass = dataclasses.field(repr=False)
+    candidates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, repr=False)
 
     def __str__(self) -> str:
         call = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -268,25 +274,25 @@ def _advice(an: _Analysis) -> Advice:
         "spread_over_iqr_negatives": float(ratio_neg.nanmedian()) if n_def else float("nan"),
         "spread_over_iqr_rows": float(ratio_all.nanmedian()) if n_def else float("nan"),
     }
-    loss, kwargs, reasoning = _decide(numbers, below_prevalence=bool((st.k[0] < p)[has_pos].any()))
-    if loss == _PAUC:
-        alpha = max(0.0, _round_out(fpr_lo, up=False))
-        beta = min(1.0, _round_out(fpr_hi, up=True))
-        kwargs = {
+    loss, _, reasoning = _decide(numbers, below_prevalence=bool((st.k[0] < p)[has_pos].any()))
+    contested = not math.isnan(fpr_lo)
+    candidates: dict[str, dict[str, Any]] = {
+        _PAUC: {
             "num_classes": c,
-            "alpha": alpha,
-            "beta": beta,
+            "alpha": max(0.0, _round_out(fpr_lo, up=False)) if contested else 0.0,
+            "beta": min(1.0, _round_out(fpr_hi, up=True)) if contested else mass.budget,
             "surrogate": "pairwise",
             "temperature": _temperature(ratio_neg),
-        }
-    elif loss == _RECALL:
-        kwargs = {"num_classes": c, "quantile": mass.budget, "temperature": _temperature(ratio_all)}
+        },
+        _RECALL: {"num_classes": c, "quantile": mass.budget, "temperature": _temperature(ratio_all)},
+    }
+    kwargs = dict(candidates.get(loss, {}))
     if "temperature" in kwargs:
         reasoning += (
             f" Temperature {kwargs['temperature']:g}: {TEMPERATURE_SPREAD_FACTOR:g} x the score width of the "
             "near-miss zone (ranks k to near_k) over the inter-quartile range the loss scales by."
         )
-    return Advice(loss=loss, kwargs=kwargs, numbers=numbers, reasoning=reasoning, mass=mass)
+    return Advice(loss=loss, kwargs=kwargs, numbers=numbers, reasoning=reasoning, mass=mass, candidates=candidates)
 
 
 def _decide(nb: dict[str, float], *, below_prevalence: bool) -> tuple[str, dict[str, Any], str]:

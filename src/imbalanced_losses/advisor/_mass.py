@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._validation import binary_offenders, check_float, check_int, check_tensor
-from ..functional._common import masked_column_quantiles
+from ..functional._quantiles import masked_column_quantiles
 from ..metrics import BUDGET_ROWS_SLACK, _parse, budget_rows
 
 __all__ = ["ContestableMass", "contestable_mass"]

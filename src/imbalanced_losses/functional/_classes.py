@@ -4,7 +4,7 @@ A class of weight 0 is not computed at all: its columns are removed from the poo
 core runs (:func:`restrict_pool`), and the result is put back on the full class axis
 afterwards (:func:`expand_result`) with the class marked invalid (``nan`` under
 ``reduction='none'``). The remaining weights turn the reduction over classes into a weighted
-mean (or sum); see :func:`~imbalanced_losses.functional._common.reduce_classes`.
+mean (or sum); see :func:`~imbalanced_losses.functional._reduce.reduce_classes`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_weight_values
-from ._common import Pool, RankingResult
+from ._pool import Pool
+from ._reduce import RankingResult
 
 
 class ClassWeight(NamedTuple):

@@ -10,7 +10,8 @@ from torch import Tensor
 from .._validation import REDUCTIONS, check_bool, check_choice
 from .._warnings import warn
 from ._classes import check_class_weight, run_on_classes
-from ._common import Pool, RankingResult, make_pool, package, validate_batch
+from ._pool import Pool, make_pool, validate_batch
+from ._reduce import RankingResult, package
 
 
 def run_functional(

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn.functional import logsigmoid
 
 from .._validation import check_choice, check_float
-from ._common import compute_dtype
+from ._arith import compute_dtype
 from .focal import SIGMOID_REDUCTIONS, _reduce, prepare_sigmoid
 
 __all__ = ["asymmetric_loss"]

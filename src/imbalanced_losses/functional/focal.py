@@ -34,7 +34,7 @@ from .._validation import (
     to_class_ids,
 )
 from .._warnings import warn
-from ._common import compute_dtype, safe_divide
+from ._arith import compute_dtype, safe_divide
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._validation import REDUCTIONS, ArgumentTypeError, check_choice, check_float, check_int
-from ._common import compute_dtype
+from ._arith import compute_dtype
 from ._priors import Warn, _warn_always, check_class_counts
 from .focal import _reduce, prepare_softmax
 

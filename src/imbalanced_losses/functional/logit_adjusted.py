@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn.functional import logsigmoid
 
 from .._validation import REDUCTIONS, check_choice, check_float, check_int, check_tensor
-from ._common import compute_dtype
+from ._arith import compute_dtype
 from ._priors import log_priors
 from .focal import _reduce, prepare_softmax
 

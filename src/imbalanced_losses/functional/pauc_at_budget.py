@@ -10,22 +10,13 @@ from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
-from ._common import (
-    MIN_DISPERSION,
-    SATURATION,
-    Pool,
-    RankingResult,
-    class_sum,
-    flagged,
-    masked_column_quantiles,
-    pool_stats,
-    row_mask,
-    safe_divide,
-    saturated_pair_fraction,
-    saturated_threshold_fraction,
-    select_pairs,
-)
+from ._arith import class_sum, safe_divide
+from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
+from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
+from ._pool import Pool, flagged, row_mask, select_pairs
+from ._quantiles import MIN_DISPERSION, masked_column_quantiles
+from ._reduce import RankingResult
 from ._run import run_functional
 from ._threshold_grad import attach_thresholds
 
@@ -99,7 +90,7 @@ def pauc_at_budget_core(
     tau_scale: str = "iqr",
     pos_numerator: str = "pool",
     budget_basis: str = "fpr",
-    temperature: float = 0.1,
+    temperature: float | Tensor = 0.1,
     interpolation: str = "higher",
     detach_thresholds: bool = False,
     diagnostics: bool = False,
@@ -179,8 +170,6 @@ def pauc_at_budget_core(
 
     if not diagnostics:
         return RankingResult(1.0 - pauc, valid, None, degenerate)
-    from ..metrics import partial_auc_from_masks
-
     if surrogate == "trapezoid":  # (numerator positive, knot) terms
         saturated = saturated_threshold_fraction(pairs, knots.detach(), SATURATION * tau_safe.detach(), c)
     else:  # (numerator positive, band negative) pairs

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn.functional import logsigmoid
 
 from .._validation import check_choice, check_float, check_int
-from ._common import compute_dtype
+from ._arith import compute_dtype
 from .focal import _reduce, prepare_softmax
 
 __all__ = ["poly_loss"]

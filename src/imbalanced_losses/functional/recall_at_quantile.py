@@ -9,17 +9,12 @@ import torch
 from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
-from ._common import (
-    MIN_DISPERSION,
-    SATURATION,
-    Pool,
-    RankingResult,
-    masked_column_quantiles,
-    pool_stats,
-    safe_divide,
-    saturated_threshold_fraction,
-    select_pairs,
-)
+from ._arith import safe_divide
+from ._diagnostics import SATURATION, pool_stats, saturated_threshold_fraction
+from ._exact_metrics import recall_at_quantile_from_masks
+from ._pool import Pool, select_pairs
+from ._quantiles import MIN_DISPERSION, masked_column_quantiles
+from ._reduce import RankingResult
 from ._run import run_functional
 from ._threshold_grad import attach_thresholds
 
@@ -32,7 +27,7 @@ def recall_at_quantile_core(
     pool: Pool,
     *,
     quantile: float,
-    temperature: float,
+    temperature: float | Tensor,
     interpolation: str = "higher",
     detach_thresholds: bool = False,
     tau_scale: str = "iqr",
@@ -57,7 +52,7 @@ def recall_at_quantile_core(
 
     def effective_tau(q: Tensor) -> Tensor:  # [C]; logit units where the pool does not spread
         if not iqr:
-            return torch.full_like(q[0], temperature)
+            return torch.ones_like(q[0]) * temperature  # a float or a 0-d tensor (no host sync)
         spread = q[1] - q[2]
         return temperature * torch.where(spread > MIN_DISPERSION, spread, 1.0)
 
@@ -74,8 +69,6 @@ def recall_at_quantile_core(
     valid = den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(1.0 - recall, valid)
-    from ..metrics import recall_at_quantile_from_masks
-
     stats = pool_stats(pool)
     stats["threshold"] = quantiles[0].detach()
     stats["tau_eff"] = torch.where(valid, tau.detach(), torch.full_like(tau, float("nan")))

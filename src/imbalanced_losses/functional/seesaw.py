@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_float, check_int, check_tensor, check_weight_values
-from ._common import compute_dtype
+from ._arith import compute_dtype
 from .focal import Warn, _reduce, _warn_always, prepare_softmax
 
 __all__ = ["seesaw_loss"]

@@ -9,16 +9,12 @@ import torch
 from torch import Tensor
 
 from .._validation import check_float
-from ._common import (
-    SATURATION,
-    Pool,
-    RankingResult,
-    pool_stats,
-    positive_weights,
-    safe_divide,
-    saturated_pair_fraction,
-)
+from ._arith import safe_divide
+from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction
+from ._exact_metrics import average_precision_from_masks
 from ._pairs import QueryParams, pair_sums
+from ._pool import Pool, positive_weights
+from ._reduce import RankingResult
 from ._run import run_functional
 
 
@@ -37,7 +33,7 @@ def _ap_objective(r: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]:
     return value, torch.stack([-value / r_all, coef * r_neg / r_all**2], dim=-1)
 
 
-def smooth_ap_core(pool: Pool, *, temperature: float, diagnostics: bool = False) -> RankingResult:
+def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool = False) -> RankingResult:
     r"""Per-class Smooth-AP loss ``1 - AP_c`` on a pool (no reduction).
 
     For the positives :math:`k` of class :math:`c`,
@@ -49,7 +45,7 @@ def smooth_ap_core(pool: Pool, *, temperature: float, diagnostics: bool = False)
     """
     scores, pos, neg, weight = pool
     den = positive_weights(pos, weight, scores.dtype).sum(0)
-    tau = torch.full((scores.shape[1],), temperature, dtype=scores.dtype, device=scores.device)
+    tau = scores.new_ones(scores.shape[1]) * temperature  # a float or a 0-d tensor (no host sync)
     inv_den = safe_divide(torch.ones_like(den), den).unsqueeze(1)
     ap = pair_sums(
         scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective, queries_are_keys=True
@@ -65,8 +61,6 @@ def smooth_ap_stats(pool: Pool, tau: Tensor) -> dict[str, Tensor]:
     ``saturated_fraction`` counts the (positive, member) pairs whose sigmoid
     argument exceeds ``SATURATION`` in magnitude.
     """
-    from ..metrics import average_precision_from_masks
-
     stats = pool_stats(pool)
     stats["ap"] = average_precision_from_masks(pool.scores, pool.pos, pool.neg)
     stats["saturated_fraction"] = saturated_pair_fraction(

@@ -1,0 +1,185 @@
+"""Thresholds of the ranking losses: exact per-class quantiles and order statistics of a pool.
+
+The quantiles of every class come at once (``[M, C]`` scores with an ``[M, C]`` membership
+mask), with :func:`torch.quantile`'s values exactly, from the order statistics they need.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def masked_column_quantiles(
+    x: Tensor, member: Tensor, levels: Tensor | Sequence[float], interpolation: str
+) -> tuple[Tensor, Tensor]:
+    """Quantiles of each column of ``x`` over the rows selected by ``member``, for all classes at once.
+
+    Reproduces :func:`torch.quantile` exactly for float32/float64 input (same rank arithmetic
+    in the input dtype, same rounding and ``lerp``), but works for any pool size and selects
+    the order statistics it needs (see :func:`order_statistics`) instead of sorting each
+    column separately.
+
+    A single column of a small pool on the CPU takes a shorter road to the same values: its
+    members are gathered and sorted, their number ``n`` comes back with them (a free host
+    synchronisation on the CPU), and the ranks ``levels * (n - 1)`` are formed on the host
+    (:func:`_host_quantiles`). Small pools are dominated by the fixed cost of each operation,
+    and this road has a fraction of them.
+
+    Args:
+        x: ``[M, C]`` detached scores.
+        member: ``[M, C]`` bool, which rows belong to each column's population.
+        levels: ``[L]`` quantile levels in ``[0, 1]``: a tensor in ``x``'s dtype, or Python
+            floats (taken as rounded to ``x``'s dtype).
+        interpolation: One of ``linear, lower, higher, nearest, midpoint``.
+
+    Returns:
+        ``(values [L, C], counts [C])``. Columns with an empty population get ``nan``.
+    """
+    x = x.detach()
+    m, c = x.shape
+    host = (
+        c == 1
+        and 0 < m <= SORT_MAX
+        and x.device.type == "cpu"
+        and x.dtype in _ROUNDING
+        and (not isinstance(levels, Tensor) or levels.dtype == x.dtype)
+        and not torch.compiler.is_compiling()
+    )
+    if host:
+        column = x[:, 0].masked_select(member[:, 0])
+        n = column.shape[0]
+        counts = torch.full((1,), n, dtype=torch.long)
+        if n == 0:
+            return x.new_full((len(levels), 1), float("nan")), counts
+        return _host_quantiles(column.sort().values, levels, interpolation).unsqueeze(1), counts
+    if not isinstance(levels, Tensor):
+        levels = torch.tensor(levels, dtype=x.dtype, device=x.device)
+    counts = member.sum(0)
+    if m == 0:
+        return x.new_full((levels.shape[0], c), float("nan")), counts
+    last = (counts - 1).clamp_min(0).to(x.dtype)
+    ranks = levels.unsqueeze(1) * last.unsqueeze(0)  # [L, C], in x's dtype as torch.quantile does
+    values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
+    values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
+    return values, counts
+
+
+def _round_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+#: Rounding of a Python float to each dtype the host road of the quantiles serves.
+_ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
+
+
+def _host_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], interpolation: str) -> Tensor:
+    """:func:`torch.quantile` of the sorted 1-D ``ordered`` at ``levels``, ranks formed on the host: ``[L]``.
+
+    ``torch.quantile`` forms the rank ``level * (n - 1)`` in the input's dtype: the exact
+    product of two values of that dtype, rounded once. The same rounding of the exact double
+    product (a float32 product has at most 48 significant bits) gives the same rank, and
+    floor/ceil/round-half-even on it the same indices, so this costs one indexing operation
+    (two and a ``lerp`` when interpolating) instead of four or five tensor operations.
+    """
+    dtype, n = ordered.dtype, ordered.shape[0]
+    to_dtype = _ROUNDING[dtype]
+    values = levels.tolist() if isinstance(levels, Tensor) else levels
+    ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in values]
+    if interpolation in ("linear", "midpoint"):
+        below = [math.floor(r) for r in ranks]
+        above = [math.ceil(r) for r in ranks]
+        # r - floor(r) is exact in r's dtype: the same weights as the tensor arithmetic
+        weights = [0.5 if interpolation == "midpoint" else r - b for r, b in zip(ranks, below, strict=True)]
+        picked = ordered.index_select(0, torch.tensor(below + above))
+        return torch.lerp(picked[: len(ranks)], picked[len(ranks) :], torch.tensor(weights, dtype=dtype))
+    if interpolation == "lower":
+        index = [math.floor(r) for r in ranks]
+    elif interpolation == "higher":
+        index = [math.ceil(r) for r in ranks]
+    else:  # "nearest": Python's round() on a float is round-half-even, like torch.round
+        index = [round(r) for r in ranks]
+    if len(index) == 1:  # a view: no operation at all
+        return ordered.narrow(0, index[0], 1)
+    return ordered.index_select(0, torch.tensor(index))
+
+
+def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Tensor]) -> Tensor:
+    """:func:`torch.quantile`'s interpolation between order statistics, at fractional ``ranks [L, ...]``.
+
+    ``pick(indices)`` returns the order statistics at integer ``indices`` (same shape), with
+    the ``L`` axis first; ``ranks`` are ``level * (count - 1)`` in the scores' dtype.
+    """
+    if interpolation == "lower":
+        ranks = ranks.floor()
+    elif interpolation == "higher":
+        ranks = ranks.ceil()
+    elif interpolation == "nearest":
+        ranks = ranks.round()
+    below = ranks.long()
+    if interpolation not in ("linear", "midpoint"):
+        return pick(below)
+    size = ranks.shape[0]
+    picked = pick(torch.cat([below, ranks.ceil().long()]))
+    weights = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below.to(ranks.dtype)
+    return torch.lerp(picked[:size], picked[size:], weights)
+
+
+#: Pools up to this size are simply sorted (selection only pays off on large pools).
+SORT_MAX = 1 << 15
+
+
+def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
+    """The ``ranks[r, c]``-th smallest member of each row ``c`` of ``x_t`` (0-based), for every ``r``.
+
+    Small pools (``M <= SORT_MAX``) are sorted. Otherwise the cheapest exact selection is used:
+    one ``topk`` for ranks near the top of the population (budget thresholds), one
+    ``kthvalue`` per remaining rank row (padding each row with ``-inf`` so that every class's
+    rank lands on the same position), and a full sort only when that padding is impossible.
+
+    Args:
+        x_t: ``[C, M]`` scores.
+        member_t: ``[C, M]`` bool population of each row.
+        ranks: ``[R, C]`` long ranks in ``[0, count_c)`` (any value for empty rows).
+
+    Returns:
+        ``[R, C]`` values (arbitrary for empty rows).
+    """
+    m = x_t.shape[1]
+    x_t, member_t = x_t.contiguous(), member_t.contiguous()  # selection along contiguous rows is faster
+    if m <= SORT_MAX:
+        return x_t.masked_fill(~member_t, float("inf")).sort(dim=1).values.gather(1, ranks.clamp_min(0).t()).t()
+    counts = member_t.sum(1)
+    out = x_t.new_empty(ranks.shape)
+    from_top = (counts - 1 - ranks).clamp_min(0)
+    near_top = from_top.amax(1) < max(m // 8, 1)
+    if bool(near_top.any()):
+        k = int(from_top[near_top].max()) + 1
+        top = x_t.masked_fill(~member_t, float("-inf")).topk(k, dim=1).values  # [C, k], descending
+        out[near_top] = top.gather(1, from_top[near_top].t()).t()
+    rest = (~near_top).nonzero().squeeze(1).tolist()
+    if not rest:
+        return out
+    ranks = ranks.clamp_min(0)
+    outsiders = (~member_t).cumsum(1, dtype=torch.int32)  # how many non-members precede each slot, inclusive
+    high = x_t.masked_fill(~member_t, float("inf"))
+    for r in rest:  # a few rank rows (quartiles), not classes
+        k = int(ranks[r].max())
+        shift = k - ranks[r]  # non-members of row c moved to -inf so its rank lands on k
+        if bool((shift > m - counts).any()):
+            sorted_x = high.sort(dim=1).values
+            out[rest] = sorted_x.gather(1, ranks[rest].t()).t()
+            return out
+        padded = high.masked_fill(~member_t & (outsiders <= shift.unsqueeze(1).int()), float("-inf"))
+        out[r] = padded.kthvalue(k + 1, dim=1).values
+    return out
+
+
+#: A class whose reference dispersion (inter-quartile range, band width) is at or below this
+#: has no spread to scale a temperature by.
+MIN_DISPERSION = 1e-12
