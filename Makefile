@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning,torchmetrics,docs]"
+	$(PY) -m pip install --quiet -e ".[test,dev,examples,lightning,torchmetrics,transformers,docs]"
 	touch $(STAMP)
 
 # The coverage-at-budget demo in quick mode (~1 min on 2 cores): table on stdout, figure in
