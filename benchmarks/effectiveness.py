@@ -501,8 +501,8 @@ def bootstrap_cell(
     """Paired bootstrap of coverage differences from ``bce-ft`` and from ``focal``.
 
     Each replicate draws ``n`` test rows and as many seeds as were run, with replacement; the
-    same draw serves every arm. The statistic is the seed mean of the macro coverage over labels
-    with positives. Point estimates use every row and seed.
+    same draw serves every arm. The statistic is the seed mean of the macro coverage over the
+    labels with positives in the draw. Point estimates use every row and seed.
 
     Returns:
         ``{reference: {arm: {"diff", "lo", "hi"}}}`` for references ``bce-ft`` and ``focal``.
@@ -520,8 +520,9 @@ def bootstrap_cell(
         per_label.append((orders, np.stack([np.flatnonzero(labels[o, c]) for o in orders])))
 
     def stat(counts: np.ndarray) -> np.ndarray:
-        covs = [real_data.weighted_metrics(o, p, counts, k)[:, 1] for o, p in per_label]
-        return np.mean(covs, axis=0).reshape(len(arms), n_seeds)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a rare label may draw no positive
+            covs = [real_data.weighted_metrics(o, p, counts, k)[:, 1] for o, p in per_label]
+            return np.nanmean(covs, axis=0).reshape(len(arms), n_seeds)
 
     rng = np.random.default_rng(seed)
     reps = np.empty((n_boot, len(arms)))
