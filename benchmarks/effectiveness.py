@@ -717,10 +717,56 @@ def criteria(cells: list[Cell]) -> dict[str, Any]:
         "cells_gain_above_0": int(sum(truth)),
         "cells_advised_yes_lodo": int(sum(pred)),
         "placebo_cells_above_0": [f"{c.dataset}/{c.model}/{c.budget:g}" for c in placebo_up],
-        "placebo_advised_yes": 0,  # the placebo changes no loss: the advisor's rule is never asked
         "wins_vs_bce_and_focal": wins,
         "real_sources_won": real_win_sources,
         "calibrated_on_all": {"headroom_min": final[0], "contestedness_min": final[1], "mde_z": final[2]},
+    }
+
+
+def exploratory(cells: list[Cell]) -> dict[str, Any]:
+    """Post-hoc analyses, **not** pre-registered: leads for the next calibration, not results.
+
+    * Spearman correlation of the gain with other statistics of the advisor;
+    * the decision rule without its contestedness gate (``CONTESTEDNESS_MIN = 0``), calibrated
+      left-one-source-out like the pre-registered one;
+    * the advisor as a *negative* screen: of the cells whose headroom is below
+      ``HEADROOM_MIN`` (upper interval bound below 0.05), how many gained anyway;
+    * the cells with a gain interval above 0, per model class (recipe R2).
+    """
+    gains = np.array([c.gain["diff"] for c in cells])
+    stats = {
+        "headroom_low": [c.advisor["headroom_low"] for c in cells],
+        "contestedness": [c.advisor["contestedness"] for c in cells],
+        "headroom_over_missed": [c.advisor["headroom"] / max(1e-12, 1 - c.advisor["coverage"]) for c in cells],
+    }
+    spearman = {k: float(spearmanr(v, gains).statistic) for k, v in stats.items()}
+    truth = [c.gain["lo"] > 0 for c in cells]
+    pred: dict[int, bool] = {}
+    for g in sorted({group_of(c.dataset) for c in cells}):
+        rest = [c for c in cells if group_of(c.dataset) != g]
+        t = [c.gain["lo"] > 0 for c in rest]
+        best: tuple[float, Rule] = (-1.0, (0.0, 0.0, 0.0))
+        for h_min, z in itertools.product(HEADROOM_GRID, MDE_Z_GRID):
+            f1 = precision_recall([predict(c, (h_min, 0.0, z)) for c in rest], t)[2]
+            f1 = -0.5 if math.isnan(f1) else f1
+            best = max(best, (f1, (h_min, 0.0, z)))
+        for i, c in enumerate(cells):
+            if group_of(c.dataset) == g:
+                pred[i] = predict(c, best[1])
+    prec, rec, _ = precision_recall([pred[i] for i in range(len(cells))], truth)
+    low = [c for c in cells if c.advisor["headroom_high"] < 0.05]
+    by_model: dict[str, list[int]] = {}
+    for c in cells:
+        by_model.setdefault(c.model, [0, 0])
+        by_model[c.model][0] += c.gain["lo"] > 0
+        by_model[c.model][1] += 1
+    return {
+        "spearman_gain_with": spearman,
+        "no_contestedness_gate_lodo_precision": prec,
+        "no_contestedness_gate_lodo_recall": rec,
+        "cells_headroom_high_below_0.05": len(low),
+        "of_which_gain_above_0": [f"{c.dataset}/{c.model}/{c.budget:g}" for c in low if c.gain["lo"] > 0],
+        "gain_above_0_per_model": {k: f"{v[0]}/{v[1]}" for k, v in by_model.items()},
     }
 
 
@@ -775,6 +821,13 @@ def print_criteria(crit: dict[str, Any]) -> None:
     print(f"  real sources won, per arm: {crit['real_sources_won']} (need >= 2 for one arm)")
 
 
+def print_exploratory(expl: dict[str, Any]) -> None:
+    """The post-hoc analyses, labelled as such."""
+    print("\nExploratory (post hoc, NOT pre-registered):")
+    for key, value in expl.items():
+        print(f"  {key}: {value}")
+
+
 def plot(cells: list[Cell], out: Path) -> None:
     """Headroom (validation) against measured gain (test), one marker per cell, and the bound."""
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
@@ -814,6 +867,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="3 data sets, 2 seeds, 2 model classes, few epochs")
+    parser.add_argument(
+        "--analyse", type=Path, metavar="JSON", help="re-analyse the cells of an earlier run (no training); updates it"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one data set x model each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     root = Path(__file__).resolve().parent
@@ -827,8 +883,25 @@ def quick_spec(spec: Spec) -> Spec:
     return Spec(spec.description, spec.budgets, spec.batch_size, max(2, spec.base_epochs // 4), 2, spec.time_split)
 
 
+def analyse(path: Path, figure: Path) -> None:
+    """Tables, criteria, exploratory analyses and figure from the cells of an earlier run's JSON."""
+    record = json.loads(path.read_text())
+    fields = {f for f in Cell.__dataclass_fields__}
+    cells = [Cell(**{k: v for k, v in c.items() if k in fields}) for c in record["cells"]]
+    record["criteria"], record["exploratory"] = criteria(cells), exploratory(cells)
+    print_cells(cells)
+    print_criteria(record["criteria"])
+    print_exploratory(record["exploratory"])
+    plot(cells, figure)
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(f"updated: {path}\nfigure: {figure}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.analyse is not None:
+        analyse(args.analyse, args.figure)
+        return
     names = args.dataset or (list(QUICK_DATASETS) if args.quick else list(SPECS))
     models = args.model or (["lr", "mlp16"] if args.quick else list(BASE_LR))
     n_seeds, n_boot = (2, min(args.n_boot, 200)) if args.quick else (args.seeds, args.n_boot)
@@ -857,10 +930,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     progress.update(1)
     order = {job: i for i, job in enumerate((name, kind) for name in names for kind in models)}
     cells.sort(key=lambda c: (order[(c.dataset, c.model)], c.budget))
-    crit = criteria(cells)
+    crit, expl = criteria(cells), exploratory(cells)
     wall = time.perf_counter() - t_start
     print_cells(cells)
     print_criteria(crit)
+    print_exploratory(expl)
     print(f"\nwall time {wall / 60:.1f} min, {args.jobs} processes x {args.threads} threads")
     plot(cells, args.figure)
     record = {
@@ -887,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "specs": {n: vars(SPECS[n]) for n in names},
         },
         "criteria": crit,
+        "exploratory": expl,
         "cells": [{**vars(c), "gain": c.gain} for c in cells],
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)

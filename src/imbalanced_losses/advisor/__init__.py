@@ -5,8 +5,10 @@ re-ordering near the cut could still gain (the *headroom*), how many of the miss
 sit just below the cut (the *contestedness*) and the false-positive-rate window where false
 alerts and near misses meet. :func:`advise` turns these into a recommendation
 (``PAUCAtBudgetLoss``, ``RecallAtQuantileLoss`` or cross-entropy) with constructor arguments.
-Its decision thresholds are **provisional**: they are to be calibrated by the meta-benchmark
-``benchmarks/effectiveness.py`` (leave-one-data-set-out), which has not been run yet.
+Its decision thresholds are **provisional**. The meta-benchmark ``benchmarks/effectiveness.py``
+found the headroom a reliable upper bound on the coverage a ranking loss gains, but no
+thresholds of the decision rule predicted which models gain (``benchmarks/EFFECTIVENESS.md``):
+a small headroom is a reliable "no"; anything else is a lead to test.
 
 Command line (``.csv`` with columns ``score``/``label``, ``.npz`` or ``.pt`` files)::
 

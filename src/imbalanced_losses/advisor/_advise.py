@@ -27,9 +27,13 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------
 # Decision thresholds. PROVISIONAL: chosen by hand from one worked example (the fraud model of
-# benchmarks/REAL_DATA.md), NOT calibrated. They are to be calibrated, leave-one-data-set-out,
-# by the meta-benchmark `benchmarks/effectiveness.py` (predicted headroom vs. realised gain
-# over data sets x model classes x budgets); until then, read a recommendation as a lead.
+# benchmarks/REAL_DATA.md). The meta-benchmark benchmarks/effectiveness.py (51 cells: 10 data
+# sets x 3 model classes x budgets; benchmarks/EFFECTIVENESS.md) tried to calibrate them
+# left-one-data-set-out and failed its pre-registered criteria: no thresholds of this rule
+# predicted which cells gain (precision and recall far below 0.7), and the contestedness was
+# not predictive at all. What held is the bound: the headroom caps the gain (exceeded in 1 of
+# 51 cells). So read "keep cross-entropy" on a small headroom as reliable, and a
+# recommendation, or "keep cross-entropy" for a low contestedness, as a lead to test.
 
 #: Provisional (not calibrated): the smallest headroom (coverage points, macro mean over the
 #: classes with positives; its bootstrap 2.5 % bound when ``n_boot > 0``) worth a ranking loss.
@@ -148,7 +152,8 @@ def advise(
     r"""Recommend a training loss for coverage at ``budget``, from a baseline's held-out scores.
 
     Runs :func:`contestable_mass` and decides, with the provisional thresholds of this module
-    (:data:`HEADROOM_MIN`, :data:`CONTESTEDNESS_MIN`, :data:`MDE_Z`; not yet calibrated):
+    (:data:`HEADROOM_MIN`, :data:`CONTESTEDNESS_MIN`, :data:`MDE_Z`; a calibration on 51
+    benchmark cells did not validate them, see ``benchmarks/EFFECTIVENESS.md``):
 
     1. no class with positives: keep cross-entropy (nothing to assess);
     2. headroom :math:`H` (macro mean over the classes with positives; with ``n_boot > 0`` the
@@ -298,8 +303,9 @@ def _advice(an: _Analysis) -> Advice:
 def _decide(nb: dict[str, float], *, below_prevalence: bool) -> tuple[str, dict[str, Any], str]:
     """The decision rule of :func:`advise` on its ``numbers``: ``(loss, kwargs placeholder, reasoning)``."""
     provisional = (
-        "The thresholds (HEADROOM_MIN, CONTESTEDNESS_MIN, MDE_Z) are provisional until calibrated "
-        "by benchmarks/effectiveness.py: treat this as a lead to test, not a result."
+        "The thresholds (HEADROOM_MIN, CONTESTEDNESS_MIN, MDE_Z) are provisional: in the library's "
+        "meta-benchmark the headroom capped the gain, but no thresholds predicted which models gain, so "
+        "treat this as a lead to test, not a result."
     )
     if nb["classes_with_positives"] == 0:
         return KEEP_CROSS_ENTROPY, {}, f"No class has a positive: there is nothing to assess. {provisional}"

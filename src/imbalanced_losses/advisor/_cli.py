@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Contestable mass of a baseline's held-out scores at an alert budget, and the loss it suggests "
-            "(thresholds provisional until calibrated by benchmarks/effectiveness.py)."
+            "(thresholds provisional: see benchmarks/EFFECTIVENESS.md)."
         ),
     )
     ap.add_argument("file", help=".csv (columns score,label), .npz or .pt (scores, labels/targets)")
