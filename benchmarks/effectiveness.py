@@ -630,6 +630,16 @@ def run_job(name: str, kind: str, seeds: list[int], n_boot: int, threads: int) -
     return run_cell_group(name, kind, load(name), seeds, n_boot)
 
 
+#: An interval is "above 0" when its lower bound exceeds this: coverage differences are
+#: multiples of ``1 / (P x seeds)``, so anything smaller is float rounding (a bound of 1e-16 is 0).
+ABOVE_ZERO = 1e-9
+
+
+def above_zero(interval: dict[str, float]) -> bool:
+    """The 95 % interval ``{"lo", "hi", ...}`` lies above 0 (beyond float rounding)."""
+    return interval["lo"] > ABOVE_ZERO
+
+
 def group_of(dataset: str) -> str:
     """Source a data set belongs to (the unit left out in calibration)."""
     return GROUPS.get(dataset, dataset)
@@ -667,7 +677,7 @@ def calibrate(cells: Sequence[Cell]) -> Rule:
 
     Ties go to the larger thresholds (the more conservative rule).
     """
-    truth = [c.gain["lo"] > 0 for c in cells]
+    truth = [above_zero(c.gain) for c in cells]
     best: tuple[float, Rule] = (-1.0, (0.0, 0.0, 0.0))
     for rule in itertools.product(HEADROOM_GRID, CONTESTEDNESS_GRID, MDE_Z_GRID):
         f1 = precision_recall([predict(c, rule) for c in cells], truth)[2]
@@ -683,7 +693,7 @@ def criteria(cells: list[Cell]) -> dict[str, Any]:
     gains = np.array([c.gain["diff"] for c in cells])
     rho = float(spearmanr(heads, gains).statistic) if len(cells) > 2 else float("nan")
     above_bound = [c for c in cells if c.gain["diff"] > c.advisor["headroom_high"]]
-    truth = [c.gain["lo"] > 0 for c in cells]
+    truth = [above_zero(c.gain) for c in cells]
     groups = sorted({group_of(c.dataset) for c in cells})
     lodo_pred: dict[int, bool] = {}
     thresholds: dict[str, Rule] = {}
@@ -695,14 +705,14 @@ def criteria(cells: list[Cell]) -> dict[str, Any]:
                 lodo_pred[i] = predict(c, thresholds[g])
     pred = [lodo_pred[i] for i in range(len(cells))]
     prec, rec, f1 = precision_recall(pred, truth)
-    placebo_up = [c for c in cells if c.bootstrap["bce-ft"]["placebo"]["lo"] > 0]
+    placebo_up = [c for c in cells if above_zero(c.bootstrap["bce-ft"]["placebo"])]
     wins: dict[str, list[str]] = {}
     for c in cells:
         for arm, d in c.bootstrap["bce-ft"].items():
             if arm in ("focal", "placebo"):
                 continue
             vs_focal = c.bootstrap["focal"][arm]
-            if d["lo"] > 0 and vs_focal["lo"] > 0:
+            if above_zero(d) and above_zero(vs_focal):
                 wins.setdefault(arm, []).append(f"{c.dataset}/{c.model}/{c.budget:g}")
     real_win_sources = {
         arm: sorted({group_of(w.split("/")[0]) for w in ws if w.split("/")[0] in REAL_SOURCES})
@@ -744,11 +754,11 @@ def exploratory(cells: list[Cell]) -> dict[str, Any]:
         "headroom_over_missed": [c.advisor["headroom"] / max(1e-12, 1 - c.advisor["coverage"]) for c in cells],
     }
     spearman = {k: float(spearmanr(v, gains).statistic) for k, v in stats.items()}
-    truth = [c.gain["lo"] > 0 for c in cells]
+    truth = [above_zero(c.gain) for c in cells]
     pred: dict[int, bool] = {}
     for g in sorted({group_of(c.dataset) for c in cells}):
         rest = [c for c in cells if group_of(c.dataset) != g]
-        t = [c.gain["lo"] > 0 for c in rest]
+        t = [above_zero(c.gain) for c in rest]
         best: tuple[float, Rule] = (-1.0, (0.0, 0.0, 0.0))
         for h_min, z in itertools.product(HEADROOM_GRID, MDE_Z_GRID):
             f1 = precision_recall([predict(c, (h_min, 0.0, z)) for c in rest], t)[2]
@@ -762,14 +772,14 @@ def exploratory(cells: list[Cell]) -> dict[str, Any]:
     by_model: dict[str, list[int]] = {}
     for c in cells:
         by_model.setdefault(c.model, [0, 0])
-        by_model[c.model][0] += c.gain["lo"] > 0
+        by_model[c.model][0] += above_zero(c.gain)
         by_model[c.model][1] += 1
     return {
         "spearman_gain_with": spearman,
         "no_contestedness_gate_lodo_precision": prec,
         "no_contestedness_gate_lodo_recall": rec,
         "cells_headroom_high_below_0.05": len(low),
-        "of_which_gain_above_0": [f"{c.dataset}/{c.model}/{c.budget:g}" for c in low if c.gain["lo"] > 0],
+        "of_which_gain_above_0": [f"{c.dataset}/{c.model}/{c.budget:g}" for c in low if above_zero(c.gain)],
         "gain_above_0_per_model": {k: f"{v[0]}/{v[1]}" for k, v in by_model.items()},
     }
 
