@@ -655,7 +655,8 @@ def test_candidates_give_both_losses_whatever_the_decision():
     # contested window the pAUC band falls back to [0, budget].
     scores, targets = interleaved(1000, 0, 10)
     advice = advise(-scores, targets, budget=0.01, n_boot=0)
-    assert advice.loss == KEEP_CROSS_ENTROPY and advice.kwargs == {}
+    assert advice.loss == KEEP_CROSS_ENTROPY
+    assert advice.kwargs == {}
     pauc = advice.candidates["PAUCAtBudgetLoss"]
     assert (pauc["alpha"], pauc["beta"], pauc["surrogate"]) == (0.0, 0.01, "pairwise")
     assert advice.candidates["RecallAtQuantileLoss"]["quantile"] == 0.01

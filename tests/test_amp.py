@@ -50,6 +50,8 @@ from imbalanced_losses.functional import (
     smooth_ap_loss,
 )
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 LOSS_TOL = {"atol": 1e-6, "rtol": 1e-5}
 GRAD_REL = 1e-4  # of the largest reference entry, for entries near zero (SPEC A2)
 QUEUE = 64

@@ -31,7 +31,10 @@ import imbalanced_losses.recall_loss
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
 from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss, smooth_ap_loss
 
-pytestmark = pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning"),
+    pytest.mark.usefixtures("on_device"),
+]  # also on CUDA when available (tests/conftest.py)
 
 IGNORE = -100
 

@@ -28,6 +28,8 @@ import torch
 from imbalanced_losses import SigmoidFocalLoss, SoftmaxFocalLoss
 from imbalanced_losses.functional import sigmoid_focal_loss, softmax_focal_loss
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 F64 = {"rtol": 1e-10, "atol": 1e-12}
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 GAMMAS = [0.5, 1.0, 2.0, 3.0]

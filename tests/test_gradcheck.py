@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - depends on pytest's import mode
 
 from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss, smooth_ap_loss
 
-pytestmark = pytest.mark.grad
+pytestmark = [pytest.mark.grad, pytest.mark.usefixtures("on_device")]  # also on CUDA when available (tests/conftest.py)
 
 M = 12
 

@@ -61,6 +61,8 @@ import imbalanced_losses.functional.pauc_at_budget as pauc_module
 import imbalanced_losses.functional.smooth_ap as ap_module
 from imbalanced_losses.functional import _pairs, pauc_at_budget_loss, smooth_ap_loss
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 IGNORE = -100
 #: (loss absolute tolerance, gradient tolerance relative to the largest reference entry)
 TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-9, 1e-8)}

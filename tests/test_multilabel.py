@@ -23,7 +23,10 @@ from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLo
 from imbalanced_losses._sampling import minimum_quota_indices
 from imbalanced_losses.functional import _pairs, pauc_at_budget_loss, recall_at_quantile_loss, smooth_ap_loss
 
-pytestmark = pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning"),
+    pytest.mark.usefixtures("on_device"),
+]  # also on CUDA when available (tests/conftest.py)
 
 IGNORE = -100
 ATOL = 1e-12  # float64 throughout; the per-column computation is the same arithmetic

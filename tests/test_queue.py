@@ -28,7 +28,10 @@ MAKERS = {
 ALL = pytest.mark.parametrize("name", list(MAKERS))
 
 # Tiny pools make the pAUC reference dispersion degenerate; that warning is not under test here.
-pytestmark = pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:PAUCAtBudgetLoss. degenerate dispersion:UserWarning"),
+    pytest.mark.usefixtures("on_device"),
+]  # also on CUDA when available (tests/conftest.py)
 
 
 def batch(n: int, num_classes: int = 3, *, start: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover - depends on pytest's import mode
 
 from imbalanced_losses.functional import pauc_at_budget_loss
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 FLOAT_STATS = ("t_alpha", "t_beta", "tau_eff", "pauc_var")
 HPARAMS = (
     "alpha",

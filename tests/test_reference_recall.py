@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover - depends on pytest's import mode
 
 from imbalanced_losses.functional import recall_at_quantile_loss
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 REDUCTIONS = ("mean", "sum", "none")
 
 # (id, make_case kwargs, loss kwargs); every case runs under each interpolation mode.

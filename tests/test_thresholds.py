@@ -9,6 +9,8 @@ from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss
 from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss
 from imbalanced_losses.functional._quantiles import masked_column_quantiles
 
+pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
+
 MODES = ["linear", "lower", "higher", "nearest", "midpoint"]
 
 

@@ -31,6 +31,7 @@ from ._warnings import WarnOnce
 from .distributed import gather_batch, resolve_gather, shared_generator
 from .functional._arith import compute_dtype
 from .functional._classes import ClassWeight, check_class_weight, run_on_classes
+from .functional._plan import kernel_plan
 from .functional._pool import Pool, kept_rows, make_pool, validate_batch
 from .functional._reduce import RankingResult, package
 
@@ -180,6 +181,7 @@ class RankingLoss(nn.Module):
             validate_args=self.validate_args,
             warn=self._warn_once,
         )
+        self._follow_device(logits.device)
         n = logits.shape[0]
         iid = check_row_vector("iid_mask", iid_mask, n)
         iid = None if iid is None else iid.detach().bool()
@@ -199,7 +201,13 @@ class RankingLoss(nn.Module):
         # Rows to keep; None = all of them, known without a look at the targets when the batch
         # has no ignore_index row (see validate_batch) and there is neither a queue nor a gather.
         rows = None
-        if not (all_kept and not gathered and self._queue.capacity == 0):
+        # Under a GPU plan the rows are only looked for when something needs their number (a host
+        # synchronisation): a queue (nothing is enqueued from an empty pool) or `max_pool_size`.
+        # Elsewhere the class masks leave the ignored rows out of every class anyway.
+        needed = (
+            kernel_plan(merged.logits.device).compact_pool or self._queue.capacity > 0 or self.max_pool_size is not None
+        )
+        if needed and not (all_kept and not gathered and self._queue.capacity == 0):
             rows = kept_rows(merged.targets, ignore_index).nonzero().squeeze(1)
         kept = size if rows is None else rows.numel()
         if self.max_pool_size is not None and kept > self.max_pool_size:
@@ -241,6 +249,23 @@ class RankingLoss(nn.Module):
                 self._queue.enqueue(logits, ids, iid, weight)
 
         return Step(result, local_ids, commit)
+
+    def _follow_device(self, device: torch.device) -> None:
+        """Move the module's buffers (queue, class weights) to the logits' ``device`` once, with a warning.
+
+        A loss left on the CPU while the model runs on a GPU would otherwise copy its whole queue
+        to the device and back at every call (blocking copies: each one a host synchronisation).
+        """
+        buffer = self._queue._q_logits if self._queue.capacity > 0 else self.class_weight
+        if buffer is None or buffer.device == device:  # no data read: free, and static under torch.compile
+            return
+        self._warn_once(
+            "device",
+            f"{type(self).__name__}: its buffers (memory queue, class weights) are on {buffer.device} and the "
+            f"logits on {device}; the module was moved to {device}. Call `.to({str(device)!r})` on the "
+            "loss (or on the model that owns it) to avoid this. (Shown once.)",
+        )
+        self.to(device)
 
     def _class_weights(self) -> ClassWeight | None:
         return None if self.class_weight is None else ClassWeight(self.class_weight, self._class_keep)

@@ -86,6 +86,7 @@ class MemoryQueue(nn.Module):
         self.ignore_index = ignore_index
         # True while some stored weight may differ from 1; re-derived on reset and load.
         self.weighted = False
+        self._mask_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
         if capacity > 0:
             self.register_buffer("_q_logits", torch.zeros(capacity, num_classes))
             self.register_buffer("_q_targets", torch.full((capacity,), ignore_index, dtype=torch.long))
@@ -144,9 +145,9 @@ class MemoryQueue(nn.Module):
         stored = self.stored_targets(targets)
         n = logits.shape[0]
         dev = logits.device
-        is_live = torch.ones(n, dtype=torch.bool, device=dev)
+        ones, is_live = self._constant_masks(n, dev)
         if iid is None:
-            iid = torch.ones(n, dtype=torch.bool, device=dev)
+            iid = ones
         if self.weighted and weight is None:
             weight = torch.ones(n, device=dev)
         if weight is not None:
@@ -157,8 +158,24 @@ class MemoryQueue(nn.Module):
             torch.cat([targets, stored.to(dev)]),
             torch.cat([iid, self._q_iid.to(dev)]),
             weight,
-            torch.cat([is_live, torch.zeros(self.capacity, dtype=torch.bool, device=dev)]),
+            is_live,
         )
+
+    def _constant_masks(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``[n]`` all-true and the ``[n + Q]`` live-row mask, made once per ``(n, device)``.
+
+        Building them at every call costs three launches on a GPU; they are never written to.
+        Not cached under inference mode (such tensors may not enter an autograd graph).
+        """
+        key = (n, device)
+        cache = getattr(self, "_mask_cache", {})  # modules pickled before the cache have none
+        cached = None if torch.compiler.is_compiling() else cache.get(key)
+        if cached is None:
+            ones = torch.ones(n, dtype=torch.bool, device=device)
+            cached = (ones, torch.cat([ones, torch.zeros(self.capacity, dtype=torch.bool, device=device)]))
+            if not (torch.is_inference_mode_enabled() or torch.compiler.is_compiling()):
+                self._mask_cache = {key: cached}  # one batch size at a time: a new one replaces it
+        return cached
 
     @torch.no_grad()
     def enqueue(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> None:

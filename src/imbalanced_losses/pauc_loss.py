@@ -53,7 +53,8 @@ class PAUCAtBudgetLoss(RankingLoss):
         quantile_interpolation: :func:`torch.quantile` interpolation of the thresholds.
         max_pool_size: Optional cap on the pool size.
         generator: Optional :class:`torch.Generator` for the subsampling.
-        validate_args: Run the checks that need a host synchronisation.
+        validate_args: Run the checks that need a host synchronisation, and the warning on a
+            degenerate reference dispersion (``False``: such classes are still invalid, silently).
         class_weight: Optional ``[C]`` non-negative weights of the classes: the reduction
             becomes the weighted mean (or sum) over valid classes, and a class of weight 0 is
             not computed at all. Fixed at construction; not saved in the state dict.
@@ -186,7 +187,8 @@ class PAUCAtBudgetLoss(RankingLoss):
             return_diagnostics=return_diagnostics,
         )
         result = step.result
-        if result.degenerate is not None and bool(result.degenerate.any()):
+        # The warning reads a device flag (a host synchronisation): only under validate_args.
+        if self.validate_args and result.degenerate is not None and bool(result.degenerate.any()):
             self._warn_once(
                 "dispersion",
                 dispersion_message(alpha=self.alpha, budget_basis=self.budget_basis, tau_scale=self.tau_scale),

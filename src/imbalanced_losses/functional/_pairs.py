@@ -25,10 +25,13 @@ being at most 1 (farther cells contribute less than :math:`e^{-(N+1)K}`).
 
 Because the objective :math:`v` is known in the forward pass, the gradient is formed there
 too (block by block for the window, by the same prefix sums for the tails) and saved as one
-``[C, M]`` tensor. Extra memory is ``O(M C)`` plus one chunk of at most ``CHUNK`` pair terms.
-Problems with at most ``DENSE_MAX`` (query, key) pairs skip the windows and tails: every
-pair is one term of a single block (:func:`_dense`), with the same analytic gradient and far
-less fixed cost (small pools are dominated by per-operation overhead, not arithmetic).
+``[C, M]`` tensor. Extra memory is ``O(M C)`` plus one chunk of at most ``chunk`` pair terms.
+Problems with at most ``dense_max`` (query, key) pairs skip the windows and tails: every
+pair is one term of a single block (:func:`_dense`, in query slices of at most ``chunk``
+terms), with the same analytic gradient and far less fixed cost (small pools are dominated by
+per-operation overhead, not arithmetic). Both sizes come from the device's plan
+(:mod:`._plan`): small on the CPU (``CHUNK = DENSE_MAX = 2^20``), large on a GPU, where a
+call costs per launched operation.
 
 Defaults (``K``, ``N``): ``(8, 2)`` in float32 and ``(10, 3)`` in float64, i.e. a truncation
 error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
@@ -37,21 +40,56 @@ per key, far below the float32 rounding of the dense sum and below 1e-12 in floa
 
 from __future__ import annotations
 
+import bisect
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ._arith import FlushDenormals
+from ._plan import PLANS, kernel_plan, override
+
 #: Queries per window block.
 BLOCK = 32
+# The CPU plan's sizes (see :mod:`._plan` for every device's). Setting one of these to another
+# value overrides it for every device (tests force a kernel path or small chunks so).
+_CPU = PLANS["cpu"]
 #: Maximum number of pair terms evaluated at once (bounds the transient memory).
-CHUNK = 1 << 20
+CHUNK = _CPU.chunk
 #: Keys per step when the tails' gradient is pushed to the keys (bounds the temporaries).
-ITEMS = 1 << 15
-#: Up to this many (padded query, key) pairs, every pair is evaluated in one block (less fixed cost).
-DENSE_MAX = 1 << 20
+ITEMS = _CPU.items
+#: Up to this many (padded query, key) pairs, every pair is evaluated at once (less fixed cost).
+DENSE_MAX = _CPU.dense_max
+
+
+class Sizes(NamedTuple):
+    """The kernel sizes of one call, resolved from the device's plan (:func:`sizes_for`)."""
+
+    chunk: int  # pair terms evaluated at once
+    dense_max: int  # up to this many padded pairs: the dense kernel
+    dense_keys_max: int  # ... if C * Lk (one query per class: the smallest dense slice) is at most this
+    items: int  # key slots per step of the tails' key gradient
+    small_bmm: int  # below this many elements (and several CPU threads): broadcast products, not BLAS
+    one_class: bool  # single class: members found with `nonzero` (see `_one_class`)
+    count_cells: bool  # the tails' tables: one column per occupied cell (a host read), else per score
+
+
+def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int) -> Sizes:
+    """The :class:`Sizes` of a call on ``device`` with scores of ``dtype`` and ``num_classes`` classes."""
+    plan = kernel_plan(device)
+    chunk = override(CHUNK, _CPU.chunk, plan.chunk_terms(device, dtype.itemsize))
+    return Sizes(
+        chunk,
+        override(DENSE_MAX, _CPU.dense_max, plan.dense_max),
+        chunk if plan.bounded_dense else 1 << 62,
+        override(ITEMS, _CPU.items, plan.items_for(num_classes)),
+        plan.small_bmm,
+        plan.one_class,
+        plan.count_cells,
+    )
 
 
 class QueryParams(NamedTuple):
@@ -93,7 +131,9 @@ def sorted_rows(scores_t: Tensor, mask_t: Tensor, sizes: Tensor, width: int) -> 
     """Each row's selected entries, sorted ascending, in ``width`` slots (``width >= max(sizes)``)."""
     c, m = scores_t.shape
     if width == 0 or m == 0:
-        return SortedRows(scores_t.new_zeros(c, width), torch.zeros(c, width, dtype=torch.long), sizes)
+        return SortedRows(
+            scores_t.new_zeros(c, width), torch.zeros(c, width, dtype=torch.long, device=scores_t.device), sizes
+        )
     # Selected entries sort first: non-members are +inf and the scores are finite.
     sorted_vals, order = scores_t.masked_fill(~mask_t, float("inf")).sort(dim=1)
     take = torch.arange(width, device=scores_t.device).clamp_max(m - 1).expand(c, width)
@@ -113,13 +153,16 @@ class _Cells(NamedTuple):
     top: Tensor  # [C, R] float64: upper edge of each rank's cell
 
 
-def _cells(values: Tensor, width: float) -> _Cells:
+def _cells(values: Tensor, width: float, count: bool) -> _Cells:
     c, n = values.shape
     cell = torch.floor(values / width)
     new = torch.ones_like(values, dtype=torch.bool)
     new[:, 1:] = cell[:, 1:] != cell[:, :-1]
     rank = new.long().cumsum(1) - 1
-    n_ranks = int(rank[:, -1].max()) + 1 if n > 0 else 0
+    # `count`: the number of occupied cells, read on the host (small tables). Otherwise a static
+    # bound (no host read): ranks past a row's last cell start at slot `n` (empty) and are never
+    # looked up, so both give the same sums.
+    n_ranks = (int(rank[:, -1].max()) + 1 if n > 0 else 0) if count else n
     start = torch.full((c, n_ranks + 2), n, dtype=torch.long, device=values.device)
     slots = torch.arange(n, device=values.device).expand(c, n)
     start.scatter_(1, torch.where(new, rank, n_ranks + 1), slots)
@@ -137,8 +180,8 @@ class _Side(NamedTuple):
     length: int
 
 
-def _side(values: Tensor, width: float) -> _Side:
-    return _Side(_cells(values, width), _cells(-values.flip(1), width), values.shape[1])
+def _side(values: Tensor, width: float, count: bool) -> _Side:
+    return _Side(_cells(values, width, count), _cells(-values.flip(1), width, count), values.shape[1])
 
 
 class _Table(NamedTuple):
@@ -221,29 +264,31 @@ def _plan(keys: SortedRows, queries: SortedRows, half_width: float) -> _Plan:
     return _Plan(lo, torch.maximum(hi, lo), first_query < queries.sizes.unsqueeze(1))
 
 
-def _chunks(lengths: list[int], width: int) -> list[tuple[int, int]]:
-    """Split blocks sorted by decreasing window length into runs of at most ``CHUNK`` pair terms."""
+def _chunks(lengths: list[int], width: int, chunk: int) -> list[tuple[int, int]]:
+    """Split blocks sorted by decreasing window length into runs of at most ``chunk`` pair terms."""
     out = []
     start = 0
     while start < len(lengths):
         per_block = width * max(lengths[start], 1)
-        stop = min(len(lengths), start + max(1, CHUNK // per_block))
+        stop = min(len(lengths), start + max(1, chunk // per_block))
         out.append((start, stop))
         start = stop
     return out
 
 
-def _bmm(a: Tensor, b: Tensor) -> Tensor:
+def _bmm(a: Tensor, b: Tensor, small: int) -> Tensor:
     """``torch.bmm(a, b)`` for ``a [n, R, K]`` and a narrow ``b [n, K, J]`` (a few columns ``J``).
 
     Computed as ``(b^T a^T)^T`` with ``b^T`` made contiguous (a copy of ``J K`` values): BLAS
     is several times slower on a row-major ``b`` with so few columns (the result is a
     transposed view; the sums may differ from a plain ``bmm`` in the last bit). With several
-    threads, small operands use a broadcast product instead: tiny BLAS calls then spawn a
-    parallel region, and on a busy machine that can stall for a scheduler time slice
-    (milliseconds), far more than the arithmetic.
+    threads, operands of at most ``small`` elements use a broadcast product instead: tiny BLAS
+    calls then spawn a parallel region, and on a busy machine that can stall for a scheduler
+    time slice (milliseconds), far more than the arithmetic (``small`` is 0 on a GPU).
     """
-    if a.numel() <= 1 << 15 and torch.get_num_threads() > 1:
+    if small == 0:  # a GPU: one launch, no layout tricks
+        return torch.bmm(a, b)
+    if a.numel() <= small and torch.get_num_threads() > 1:
         return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
     return torch.bmm(b.transpose(1, 2).contiguous(), a.transpose(1, 2)).transpose(1, 2)
 
@@ -280,6 +325,7 @@ def _block_terms(
     objective: Objective,
     work: Tensor,
     own: Own | None,
+    small_bmm: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Evaluate every (query, key) pair of ``n`` blocks exactly: sums, objective and their gradient.
 
@@ -299,6 +345,7 @@ def _block_terms(
             query is a key. That pair's sigmoid (1/2) is summed, but its derivative is left
             out: the query- and key-side terms cancel exactly, and adding them in float32 only
             adds noise.
+        small_bmm: See :func:`_bmm`.
 
     Returns:
         ``(sums [n, B, J], ratios [n, B, J] float64, value [n, B] float64, grad_query [n, B],
@@ -315,15 +362,15 @@ def _block_terms(
     # The sums keep their product with the (all-ones) mask: the same BLAS rounding as always.
     ones = mask is None
     mask = sig.new_ones(n, span, 1) if mask is None else mask
-    sums = _bmm(sig, mask)
+    sums = _bmm(sig, mask, small_bmm)
     ratios = sums.double() if base is None else sums.double() + base
     value, slope = _evaluate(objective, ratios, params)
     slope = slope.to(sig.dtype)
     sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
     if own is not None:
         _zero_slots(sig, own.slot, in_range=own.in_range)
-    grad_query = -_channel_sum(_bmm(sig, mask) * slope)
-    key_slope = _bmm(sig.transpose(1, 2), slope)
+    grad_query = -_channel_sum(_bmm(sig, mask, small_bmm) * slope)
+    key_slope = _bmm(sig.transpose(1, 2), slope, small_bmm)
     grad_key = _channel_sum(key_slope if ones else key_slope * mask)  # times a mask of ones: left out
     return sums, ratios, value, grad_query, grad_key
 
@@ -344,10 +391,13 @@ def _self_slots(key_rows: Tensor, key_sizes: Tensor, query_rows: Tensor, pool_si
     return slot_of_row.gather(1, query_rows)
 
 
-def _pack(mask_t: Tensor, width: int) -> Tensor:
-    """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots)."""
+def _pack(mask_t: Tensor, width: int, one_class: bool) -> Tensor:
+    """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots).
+
+    ``one_class`` (the CPU plan) lets a single row use ``nonzero`` (a host synchronisation).
+    """
     c, m = mask_t.shape
-    if c == 1:  # no padding: `nonzero` is the whole answer, in two operations instead of eight
+    if c == 1 and one_class:  # no padding: `nonzero` is the whole answer, in two operations instead of eight
         return _selected(mask_t)
     slot = torch.where(mask_t, mask_t.cumsum(1) - 1, width)
     rows = torch.zeros(c, width + 1, dtype=torch.long, device=mask_t.device)
@@ -380,11 +430,13 @@ def _windowed(
     params: QueryParams,
     objective: Objective,
     own: Own | None,
+    sizes: Sizes,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sorted windows plus exponential tails; returns ``(value, ratios, grad_key, grad_query)`` (``z`` units).
 
     ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key;
     ``key_mask`` ``[C, Lk, J]`` bool, or ``None`` for one channel holding every key slot.
+    One host read plans the chunks (the sorted window lengths).
     """
     dtype, device = keys.values.dtype, keys.values.device
     if key_mask is None:
@@ -404,7 +456,7 @@ def _windowed(
     hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
 
     # Exponential tails (float64), per channel: values and their derivative in the query.
-    key_side = _side(zk, half_width)
+    key_side = _side(zk, half_width, sizes.count_cells)
     tail = zq.new_zeros(c, lq, n_ch)
     tail_dq = zq.new_zeros(c, lq, n_ch)
     for ch in range(n_ch):
@@ -425,14 +477,15 @@ def _windowed(
     grad_k = torch.zeros(c * lk, dtype=torch.float64, device=device)  # many blocks add into a key
     grad_q = torch.zeros(c * nb, BLOCK, dtype=dtype, device=device)
     lengths = (plan.hi - plan.lo).masked_fill(~plan.active, 0).flatten()
-    live = torch.nonzero(lengths > 0).squeeze(1)
-    live = live[torch.argsort(lengths[live], descending=True)]
-    host_lengths = lengths[live].tolist()
+    by_length, longest_first = lengths.sort(descending=True, stable=True)
+    host_lengths = by_length.tolist()  # the only host read: blocks by decreasing window length
+    n_live = bisect.bisect_left(host_lengths, 0, key=operator.neg)  # blocks with a non-empty window
+    live, host_lengths = longest_first[:n_live], host_lengths[:n_live]
     sk_flat, mask_flat = keys.values.flatten(), key_mask.to(dtype).reshape(c * lk, n_ch)
     sq_blocks = queries.values.reshape(c * nb, BLOCK)
     tail_blocks = tail.view(c * nb, BLOCK, n_ch)
     weight_blocks = None if params.weight is None else params.weight.view(c * nb, BLOCK)
-    chunks = _chunks(host_lengths, BLOCK)
+    chunks = _chunks(host_lengths, BLOCK, sizes.chunk)
     work = sk_flat.new_empty(2 * max([(stop - start) * BLOCK * host_lengths[start] for start, stop in chunks] or [0]))
     for start, stop in chunks:  # one buffer serves every chunk
         sel = live[start:stop]
@@ -450,13 +503,14 @@ def _windowed(
             objective,
             work,
             None if self_blocks is None else Own(self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1), False),
+            sizes.small_bmm,
         )
         grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
 
     ratios = sums.view(c, lq, n_ch).double() + tail
     value, slope = _evaluate(objective, ratios, params)
     grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
-    grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width).flatten()
+    grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width, sizes).flatten()
     return value, ratios, grad_k.view(c, lk).to(dtype), grad_q
 
 
@@ -468,32 +522,51 @@ def _dense(
     params: QueryParams,
     objective: Objective,
     own: Own | None,
+    sizes: Sizes,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Every (query, key) pair at once, as one :func:`_block_terms` block per class.
+    """Every (query, key) pair, as one :func:`_block_terms` block per class (or a few query slices).
 
-    Same inputs and outputs as :func:`_windowed`, but keys and queries need not be sorted;
-    ``C * Lq * Lk`` pair terms are held at once. ``key_mask`` may be ``None`` (one channel
-    holding every key slot).
+    Same inputs and outputs as :func:`_windowed`, but keys and queries need not be sorted.
+    ``key_mask`` may be ``None`` (one channel holding every key slot). At most ``sizes.chunk``
+    pair terms are held at once: beyond that the queries are taken in slices (every slice
+    against every key), whose key gradients add up.
     """
     c, lq, lk = tau.shape[0], queries.values.shape[1], keys.values.shape[1]
-    work = keys.values.new_empty(2 * c * lq * lk)
-    _, ratios, value, grad_q, grad_k = _block_terms(
-        keys.values,
-        queries.values,
-        tau,
-        None if key_mask is None else key_mask.to(keys.values.dtype),
-        None,
-        params,
-        objective,
-        work,
-        own,
-    )
-    return value, ratios, grad_k, grad_q
+    step = max(1, sizes.chunk // max(c * lk, 1))
+    mask = None if key_mask is None else key_mask.to(keys.values.dtype)
+    work = keys.values.new_empty(2 * c * min(step, lq) * lk)
+    if lq <= step:
+        _, ratios, value, grad_q, grad_k = _block_terms(
+            keys.values, queries.values, tau, mask, None, params, objective, work, own, sizes.small_bmm
+        )
+        return value, ratios, grad_k, grad_q
+    values, ratio_parts, grad_qs = [], [], []
+    grad_k = keys.values.new_zeros(c, lk)
+    for start in range(0, lq, step):
+        part = slice(start, min(lq, start + step))
+        _, ratios, value, grad_q, key_grad = _block_terms(
+            keys.values,
+            queries.values[:, part],
+            tau,
+            mask,
+            None,
+            QueryParams(None if params.weight is None else params.weight[:, part], params.consts),
+            objective,
+            work,
+            None if own is None else Own(own.slot[:, part], own.in_range),
+            sizes.small_bmm,
+        )
+        values.append(value)
+        ratio_parts.append(ratios)
+        grad_qs.append(grad_q)
+        grad_k += key_grad
+    return torch.cat(values, 1), torch.cat(ratio_parts, 1), grad_k, torch.cat(grad_qs, 1)
 
 
-#: ``kernel(tau, keys, key_mask, queries, params, objective, own) -> (value, ratios, grad_key, grad_query)``
+#: ``kernel(tau, keys, key_mask, queries, params, objective, own, sizes) -> (value, ratios, grad_key, grad_query)``
 Kernel = Callable[
-    [Tensor, SortedRows, "Tensor | None", SortedRows, QueryParams, Objective, "Own | None"], tuple[Tensor, ...]
+    [Tensor, SortedRows, "Tensor | None", SortedRows, QueryParams, Objective, "Own | None", Sizes],
+    tuple[Tensor, ...],
 ]
 
 
@@ -511,11 +584,14 @@ class _PairSums(torch.autograd.Function):
         own: Own | None,
         dense: bool,
         pool_keys: bool,
+        sizes: Sizes,
     ) -> tuple[Tensor, Tensor]:
         kernel: Kernel = _dense if dense else _windowed
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             kernel = _untraced(kernel)
-        value, ratios, grad_k, grad_q = kernel(tau, keys, key_mask, queries, params, objective, own)
+        with FlushDenormals(scores.device.type == "cpu" and not compiling):  # far pairs: no subnormal slow path
+            value, ratios, grad_k, grad_q = kernel(tau, keys, key_mask, queries, params, objective, own, sizes)
         # Gradient per pool row, [C, M]. With `pool_keys` the keys are the pool rows in order.
         grad = (
             grad_k if pool_keys else grad_k.new_zeros(tau.shape[0], scores.shape[0]).scatter_add_(1, keys.rows, grad_k)
@@ -528,27 +604,28 @@ class _PairSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor, _unused: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return (grad * grad_out.unsqueeze(1)).t(), None, None, None, None, None, None, None, None, None
+        return (grad * grad_out.unsqueeze(1)).t(), None, None, None, None, None, None, None, None, None, None
 
 
 def _key_tail_grad(
-    zq: Tensor, zk: Tensor, plan: _Plan, slope: Tensor, key_mask: Tensor, order: int, half_width: float
+    zq: Tensor, zk: Tensor, plan: _Plan, slope: Tensor, key_mask: Tensor, order: int, half_width: float, sizes: Sizes
 ) -> Tensor:
     """Gradient of every query's exponential tails with respect to the keys, ``[C, Lk]`` float64.
 
     Key ``j`` lies in the lower tail of the queries whose block window starts after it and in
     the upper tail of those whose window ends at or before it; both sets are contiguous runs
     of the sorted queries, so the sums are prefix/suffix sums over queries. Keys are taken
-    :data:`ITEMS` slots at a time to bound the temporaries.
+    ``sizes.items`` slots at a time to bound the temporaries.
     """
     c, lk = zk.shape
-    query_side = _side(zq, half_width)
+    items = sizes.items
+    query_side = _side(zq, half_width, sizes.count_cells)
     tables = {
         (ch, n): _sums(query_side, slope[..., ch], n) for ch in range(slope.shape[2]) for n in range(1, order + 1)
     }
     out = zk.new_zeros(c, lk)
-    for start in range(0, lk, ITEMS):
-        stop = min(lk, start + ITEMS)
+    for start in range(0, lk, items):
+        stop = min(lk, start + items)
         slots = torch.arange(start, stop, device=zk.device).expand(c, -1).contiguous()
         after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
         before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
@@ -595,8 +672,9 @@ def pair_sums(
 ) -> PairResult:
     r"""Per-class objective :math:`\sum_i v(R_{c,i}, \theta_{c,i})` with an analytic, memory-bounded gradient.
 
-    Small problems (at most :data:`DENSE_MAX` padded query-key pairs) evaluate every pair at
-    once (:func:`_dense`); larger ones use the sorted windows and exponential tails
+    Small problems (at most ``dense_max`` padded query-key pairs, from the device's plan:
+    :data:`DENSE_MAX` on the CPU) evaluate every pair (:func:`_dense`); larger ones use the
+    sorted windows and exponential tails
     (:func:`_windowed`). Both form the gradient in the forward pass, so nothing of size
     ``[|P|, M]`` is kept for backward and the backward pass is a single product.
 
@@ -623,21 +701,22 @@ def pair_sums(
     query_t = query_mask.t()
     n_ch = key_channels.shape[2]
     key_t = (key_channels[..., 0] if n_ch == 1 else key_channels.any(2)).t()  # one channel: a view
-    if c == 1:
+    sizes = sizes_for(device, scores.dtype, c)
+    if c == 1 and sizes.one_class:
         single = _one_class(
-            scores, s_t, tau, key_channels, key_t, query_t, weight, class_params, objective, queries_are_keys
+            scores, s_t, tau, key_channels, key_t, query_t, weight, class_params, objective, queries_are_keys, sizes
         )
         if single is not None:
             return single
     nq, nk = query_t.sum(1), key_t.sum(1)
-    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
-    dense = c * lq * lk <= DENSE_MAX
+    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()  # the one host read of the sizes
+    dense = c * lq * lk <= sizes.dense_max and c * lk <= sizes.dense_keys_max
     # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
     all_keys = dense and lk == m and nk_min == m
     if dense:
-        queries = _gathered(s_t, _pack(query_t, lq), nq)
+        queries = _gathered(s_t, _pack(query_t, lq, sizes.one_class), nq)
         keys = (
-            _gathered(s_t, _pack(key_t, lk), nk)
+            _gathered(s_t, _pack(key_t, lk, sizes.one_class), nk)
             if not all_keys
             else SortedRows(s_t, torch.arange(m, device=device).expand(c, m), nk)
         )
@@ -654,8 +733,15 @@ def pair_sums(
     own = None
     if queries_are_keys:  # with every row a key, a query's own key slot is its row
         own = Own(queries.rows, True) if all_keys else Own(_self_slots(keys.rows, keys.sizes, queries.rows, m), False)
-    query_valid, params = _query_params(queries.rows, nq, weight, class_params)
-    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective, own, dense, all_keys)
+    if c == 1 and dense:  # one class, dense: no padding slot, as in `_one_class` (GPU plan)
+        query_valid = torch.ones(1, lq, dtype=torch.bool, device=device)
+        query_w = None if weight is None else weight.double()[queries.rows]
+        params = QueryParams(query_w, class_params.double().unsqueeze(1))
+    else:
+        query_valid, params = _query_params(queries.rows, nq, weight, class_params)
+    per_class, ratios = _PairSums.apply(
+        scores, tau, keys, key_mask, queries, params, objective, own, dense, all_keys, sizes
+    )
     return PairResult(per_class, ratios, query_valid)
 
 
@@ -670,6 +756,7 @@ def _one_class(
     class_params: Tensor,
     objective: Objective,
     queries_are_keys: bool,
+    plan: Sizes,
 ) -> PairResult | None:
     """:func:`pair_sums` of a single class small enough for :func:`_dense`; ``None`` if it is not.
 
@@ -690,10 +777,11 @@ def _one_class(
         class_params: ``[1, P]`` class constants of the objective.
         objective: See :data:`Objective`.
         queries_are_keys: As in :func:`pair_sums`.
+        plan: The call's kernel sizes.
     """
     query_rows, key_rows = _selected(query_t), _selected(key_t)
     (lq, lk), m = query_rows.shape[1:] + key_rows.shape[1:], s_t.shape[1]
-    if lq * lk > DENSE_MAX:
+    if lq * lk > plan.dense_max:
         return None
     sizes = torch.tensor([lq, lk], device=s_t.device)
     all_keys = lk == m  # the key rows are then 0..M-1: the scores need no gather
@@ -707,7 +795,9 @@ def _one_class(
     if queries_are_keys:
         own = Own(query_rows, True) if all_keys else Own(_self_slots(key_rows, sizes[1:], query_rows, m), False)
     params = QueryParams(None if weight is None else weight.double()[query_rows], class_params.double().unsqueeze(1))
-    per_class, ratios = _PairSums.apply(scores, tau, keys, key_mask, queries, params, objective, own, True, all_keys)
+    per_class, ratios = _PairSums.apply(
+        scores, tau, keys, key_mask, queries, params, objective, own, True, all_keys, plan
+    )
     return PairResult(per_class, ratios, torch.ones(1, lq, dtype=torch.bool, device=s_t.device))
 
 

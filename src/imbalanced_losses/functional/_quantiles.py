@@ -6,12 +6,15 @@ mask), with :func:`torch.quantile`'s values exactly, from the order statistics t
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from ._plan import PLANS, kernel_plan, override
 
 
 def masked_column_quantiles(
@@ -24,7 +27,8 @@ def masked_column_quantiles(
     the order statistics it needs (see :func:`order_statistics`) instead of sorting each
     column separately.
 
-    A single column of a small pool on the CPU takes a shorter road to the same values: its
+    A single column of a small pool on the CPU (the CPU plan's ``host_quantiles``, see
+    :mod:`._plan`) takes a shorter road to the same values: its
     members are gathered and sorted, their number ``n`` comes back with them (a free host
     synchronisation on the CPU), and the ranks ``levels * (n - 1)`` are formed on the host
     (:func:`_host_quantiles`). Small pools are dominated by the fixed cost of each operation,
@@ -42,8 +46,10 @@ def masked_column_quantiles(
     """
     x = x.detach()
     m, c = x.shape
+    plan = kernel_plan(x.device)
     host = (
-        c == 1
+        plan.host_quantiles
+        and c == 1
         and 0 < m <= SORT_MAX
         and x.device.type == "cpu"
         and x.dtype in _ROUNDING
@@ -58,7 +64,7 @@ def masked_column_quantiles(
             return x.new_full((len(levels), 1), float("nan")), counts
         return _host_quantiles(column.sort().values, levels, interpolation).unsqueeze(1), counts
     if not isinstance(levels, Tensor):
-        levels = torch.tensor(levels, dtype=x.dtype, device=x.device)
+        levels = _levels(tuple(levels), x.dtype, x.device)
     counts = member.sum(0)
     if m == 0:
         return x.new_full((levels.shape[0], c), float("nan")), counts
@@ -67,6 +73,23 @@ def masked_column_quantiles(
     values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
     values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
     return values, counts
+
+
+def _levels(levels: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``levels`` as a tensor on ``device``, made once per (levels, dtype, device) and then reused.
+
+    Building it at every call would be a blocking host-to-device copy on a GPU. Under
+    ``torch.compile`` a fresh constant is made (the tracer folds it), and under inference mode
+    too (an inference tensor may not enter a later autograd graph).
+    """
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        return torch.tensor(levels, dtype=dtype, device=device)
+    return _cached_levels(levels, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_levels(levels: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(levels, dtype=dtype, device=device)
 
 
 def _round_float32(value: float) -> float:
@@ -130,14 +153,16 @@ def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Ten
     return torch.lerp(picked[:size], picked[size:], weights)
 
 
-#: Pools up to this size are simply sorted (selection only pays off on large pools).
-SORT_MAX = 1 << 15
+#: Pools up to this size are simply sorted (selection only pays off on large pools): the CPU
+#: plan's value (:mod:`._plan`); another value set here overrides every device's plan.
+SORT_MAX = PLANS["cpu"].sort_max
 
 
 def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
     """The ``ranks[r, c]``-th smallest member of each row ``c`` of ``x_t`` (0-based), for every ``r``.
 
-    Small pools (``M <= SORT_MAX``) are sorted. Otherwise the cheapest exact selection is used:
+    Small pools (``M <= SORT_MAX`` on the CPU; any pool under the CUDA plan, where the selection's
+    host planning would cost synchronisations) are sorted. Otherwise the cheapest exact selection is used:
     one ``topk`` for ranks near the top of the population (budget thresholds), one
     ``kthvalue`` per remaining rank row (padding each row with ``-inf`` so that every class's
     rank lands on the same position), and a full sort only when that padding is impossible.
@@ -152,7 +177,7 @@ def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
     """
     m = x_t.shape[1]
     x_t, member_t = x_t.contiguous(), member_t.contiguous()  # selection along contiguous rows is faster
-    if m <= SORT_MAX:
+    if m <= override(SORT_MAX, PLANS["cpu"].sort_max, kernel_plan(x_t.device).sort_max):
         return x_t.masked_fill(~member_t, float("inf")).sort(dim=1).values.gather(1, ranks.clamp_min(0).t()).t()
     counts = member_t.sum(1)
     out = x_t.new_empty(ranks.shape)

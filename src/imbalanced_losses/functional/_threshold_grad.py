@@ -30,8 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Elements of the ``[levels, C, M]`` kernel block formed at once in the backward pass (16 MB of float32).
-BLOCK_ELEMENTS = 1 << 22
+from ._arith import FlushDenormals
+from ._plan import PLANS, kernel_plan, override
+
+#: Elements of the ``[levels, C, M]`` kernel block formed at once in the backward pass (16 MB of
+#: float32): the CPU plan's value (:mod:`._plan`); another value set here overrides every plan.
+BLOCK_ELEMENTS = PLANS["cpu"].threshold_block
 
 
 def _kernel_weights(scores_t: Tensor, thresholds: Tensor, neg_inv_width: Tensor) -> Tensor:
@@ -72,13 +76,25 @@ class _ThresholdGrad(torch.autograd.Function):
         # A nan threshold (a column without rows) and its nan gradient move nothing.
         grad, thresholds = torch.nan_to_num(grad, nan=0.0), torch.nan_to_num(thresholds, nan=0.0)
         levels = thresholds.shape[0]
-        step = max(1, BLOCK_ELEMENTS // max(1, scores.numel()))
-        out = torch.zeros_like(scores_t)
-        for first in range(0, levels, step):  # one block for small pools, a few for large ones
-            block = slice(first, first + step)
-            weights = _kernel_weights(scores_t, thresholds[block], neg_inv_width)
-            out.add_(torch.einsum("lcm,lc->cm", weights, grad[block]))
+        block_elements = override(
+            BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, kernel_plan(scores.device).threshold_block
+        )
+        step = max(1, block_elements // max(1, scores.numel()))
+        out = None
+        with FlushDenormals(scores.device.type == "cpu" and not torch.compiler.is_compiling()):
+            for first in range(0, levels, step):  # one block for small pools, a few for large ones
+                block = slice(first, first + step)
+                part = _contract(_kernel_weights(scores_t, thresholds[block], neg_inv_width), grad[block])
+                out = part if out is None else out.add_(part)
+        if out is None:  # no threshold at all
+            out = torch.zeros_like(scores_t)
         return out.t(), None, None, None
+
+
+def _contract(weights: Tensor, grad: Tensor) -> Tensor:
+    """``einsum("lcm,lc->cm", weights, grad)``: the one batched product it makes, without its views."""
+    c, m = weights.shape[1:]
+    return torch.bmm(weights.permute(1, 2, 0), grad.t().unsqueeze(2)).view(c, m)
 
 
 def attach_thresholds(scores: Tensor, thresholds: Tensor, member: Tensor, width: Tensor) -> Tensor:

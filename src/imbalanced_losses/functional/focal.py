@@ -256,7 +256,9 @@ def _reduce(loss: Tensor, reduction: str, counted: Tensor | None, weight: Tensor
     if reduction == "sum":
         return total
     if weight is None:
-        den = total.new_tensor(float(loss.numel())) if counted is None else counted.sum().to(total.dtype)
+        if counted is None:  # a Python divisor: no host-to-device copy on a GPU
+            return total / max(loss.numel(), 1)
+        den = counted.sum().to(total.dtype)
     else:
         w = weight.expand_as(loss)
         den = (w if counted is None else w * counted).sum()

@@ -142,7 +142,7 @@ def pauc_at_budget_core(
     if surrogate == "trapezoid":
         knots = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
         omega = torch.ones(n_knots, dtype=dtype, device=s.device)
-        omega[0] = omega[-1] = 0.5
+        omega[:: n_knots - 1].fill_(0.5)  # the two end knots (a strided view: no host-to-device copy)
         sig = torch.sigmoid(
             (pairs.scores.unsqueeze(1) - pairs.per_entry(knots)) / pairs.per_entry(tau_safe).unsqueeze(1)
         )
@@ -282,7 +282,8 @@ def pauc_at_budget_loss(
             ``pos_count``, ``neg_count``, ``pauc`` (the exact partial AUC of the pool over
             ``[alpha, beta]``, normalised by the band width), ``saturated_fraction`` (sigmoid
             terms with :math:`|x| > 6`), and ``pool_size`` (rows taking part in the class).
-        validate_args: Run the checks that need a host synchronisation.
+        validate_args: Run the checks that need a host synchronisation, and the warning on a
+            degenerate reference dispersion (``False``: such classes are still invalid, silently).
         detach_thresholds: Treat the trapezoid's knots and dispersion as constants (0.6).
 
     Returns:
@@ -336,7 +337,8 @@ def pauc_at_budget_loss(
         )
 
     def warn_degenerate(result: RankingResult) -> None:
-        if result.degenerate is not None and bool(result.degenerate.any()):
+        # The warning reads a device flag (a host synchronisation): only under validate_args.
+        if validate_args and result.degenerate is not None and bool(result.degenerate.any()):
             warn(dispersion_message(alpha=alpha, budget_basis=budget_basis, tau_scale=tau_scale))
 
     return run_functional(

@@ -1,0 +1,155 @@
+r"""Kernel sizes per device type: one table, read by the pair, quantile and threshold kernels.
+
+A CPU call costs per flop: small blocks, selection instead of sorting and host-side shortcuts
+that need a look at the data pay off. A GPU call costs per launched operation and per host
+synchronisation: large blocks (few launches), a sort instead of a host-driven selection, and
+static shapes pay off. :data:`PLANS` holds both; :func:`kernel_plan` picks the entry of a
+tensor's device type (any device other than the CPU takes the ``cuda`` entry).
+
+The environment variable ``IMBALANCED_LOSSES_PLAN`` overrides the choice, read at every call:
+``cuda`` makes CPU tensors follow the CUDA plan (CPU tests and benchmarks then exercise the
+GPU road, with :data:`EMULATED_FREE_BYTES` standing in for the free device memory), ``cpu``
+makes every device follow the CPU plan, and ``auto`` (or unset) picks by device type.
+
+The values are sizes, never results: every plan computes the same loss (the pair kernel's
+tails are exact to :math:`e^{-24}` in float32), only the grouping of the arithmetic and hence
+the last bits of a float sum can differ between plans.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+#: Name of the environment variable that overrides the plan (``auto``, ``cpu`` or ``cuda``).
+PLAN_ENV = "IMBALANCED_LOSSES_PLAN"
+#: Free device memory assumed when a CPU tensor follows the CUDA plan (a 16 GB card's worth).
+EMULATED_FREE_BYTES = 16 << 30
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Sizes and switches of the kernels for one device type.
+
+    Attributes:
+        name: ``"cpu"`` or ``"cuda"``.
+        chunk: Pair terms evaluated at once by the pair kernel (one window chunk, or one
+            slice of the dense block); ``0`` means "a fraction of the free memory" (see
+            :meth:`chunk_terms`).
+        memory_fraction: Share of the free device memory one chunk's work buffer may take.
+        chunk_min: Smallest chunk when it is derived from memory.
+        chunk_max: Largest chunk when it is derived from memory.
+        dense_max: Up to this many (padded query, key) pairs, every pair is evaluated (in
+            slices of at most ``chunk`` terms) instead of the sorted windows and tails.
+        bounded_dense: The dense kernel also needs one query per class against every key
+            (its smallest slice) to fit in ``chunk`` terms.
+        items: Key slots per step when the tails' gradient is pushed to the keys, per class
+            (``[C, items]`` temporaries).
+        items_elements: When positive, ``items`` becomes ``max(items, items_elements // C)``.
+        sort_max: Pools up to this size are sorted to find order statistics; larger ones use
+            a selection with host-side planning (a few synchronisations).
+        host_quantiles: A single column of at most ``sort_max`` rows takes the host road of the
+            quantiles (its size comes back with its members: a free read on the CPU only).
+        one_class: A single-class pair problem finds its members with ``nonzero`` (their number
+            comes with them) instead of counting and packing; a free read on the CPU only.
+        compact_pool: Rows that take part in no class (``ignore_index``, empty queue slots)
+            are removed from the pool before the losses run (a ``nonzero``: smaller pools on
+            the CPU; on a GPU the masks exclude them at no synchronisation).
+        small_bmm: Below this many elements, a batched product is a broadcast multiply-sum
+            when several CPU threads run (tiny BLAS calls can stall a busy machine); 0: never.
+        threshold_block: Elements of the ``[levels, C, M]`` block of the threshold gradient.
+        count_cells: The exponential tails' prefix-sum tables get one column per occupied cell
+            of the sorted scores, a number read on the host (a free read on the CPU, and tables
+            far smaller than the pool); otherwise one per score (a static bound, no read).
+    """
+
+    name: str
+    chunk: int
+    dense_max: int
+    bounded_dense: bool
+    items: int
+    sort_max: int
+    host_quantiles: bool
+    one_class: bool
+    compact_pool: bool
+    small_bmm: int
+    threshold_block: int
+    memory_fraction: float = 0.25
+    chunk_min: int = 1 << 20
+    chunk_max: int = 1 << 28
+    items_elements: int = 0
+    count_cells: bool = False
+
+    def chunk_terms(self, device: torch.device, itemsize: int) -> int:
+        """Pair terms per chunk on ``device`` for scores of ``itemsize`` bytes (two work buffers per term).
+
+        A fixed ``chunk`` is returned as it is. Otherwise ``memory_fraction`` of the free memory
+        (:func:`torch.cuda.mem_get_info` on a CUDA device, :data:`EMULATED_FREE_BYTES`
+        elsewhere), clamped to ``[chunk_min, chunk_max]``.
+        """
+        if self.chunk > 0:
+            return self.chunk
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else EMULATED_FREE_BYTES
+        terms = int(free * self.memory_fraction) // (2 * itemsize)
+        return max(self.chunk_min, min(self.chunk_max, terms))
+
+    def items_for(self, num_classes: int) -> int:
+        """Key slots per step of the tails' gradient for ``num_classes`` rows."""
+        if self.items_elements <= 0:
+            return self.items
+        return max(self.items, self.items_elements // max(num_classes, 1))
+
+
+#: The table: one plan per device type.
+PLANS: dict[str, KernelPlan] = {
+    "cpu": KernelPlan(
+        name="cpu",
+        chunk=1 << 20,
+        dense_max=1 << 20,
+        bounded_dense=False,  # dense_max == chunk already bounds it
+        items=1 << 15,
+        sort_max=1 << 15,
+        host_quantiles=True,
+        one_class=True,
+        compact_pool=True,
+        small_bmm=1 << 15,
+        threshold_block=1 << 22,
+        count_cells=True,
+    ),
+    "cuda": KernelPlan(
+        name="cuda",
+        chunk=0,  # a quarter of the free memory, within [2^20, 2^28] terms
+        dense_max=1 << 30,
+        bounded_dense=True,
+        items=1 << 15,
+        items_elements=1 << 24,
+        sort_max=1 << 62,  # always sort: no host-driven selection
+        host_quantiles=False,
+        one_class=False,
+        compact_pool=False,
+        small_bmm=0,
+        threshold_block=1 << 26,
+    ),
+}
+
+
+def kernel_plan(device: torch.device) -> KernelPlan:
+    """The plan for tensors on ``device``, after the ``IMBALANCED_LOSSES_PLAN`` override.
+
+    Raises:
+        ValueError: The environment variable holds something other than ``auto``, ``cpu``
+            or ``cuda``.
+    """
+    choice = os.environ.get(PLAN_ENV, "").strip().lower()
+    if choice in ("", "auto"):
+        return PLANS["cpu"] if device.type == "cpu" else PLANS["cuda"]
+    if choice in PLANS:
+        return PLANS[choice]
+    raise ValueError(f"`{PLAN_ENV}` must be one of 'auto', 'cpu' or 'cuda', got {choice!r}.")
+
+
+def override(module_value: int, cpu_value: int, plan_value: int) -> int:
+    """``plan_value``, unless a module-level constant was changed from its CPU value (tests force paths so)."""
+    return plan_value if module_value == cpu_value else module_value
