@@ -189,22 +189,24 @@ class MemoryQueue(nn.Module):
         elif self.weighted:
             weight = torch.ones(n, device=logits.device)
         dev = self._q_logits.device
-        if n >= q:
+        if n >= q:  # the last q rows
             slots = torch.arange(q, device=dev)
-            rows = slice(n - q, n)
+            logits, targets = logits[n - q :], targets[n - q :]
+            iid = None if iid is None else iid[n - q :]
+            weight = None if weight is None else weight[n - q :]
             new_ptr = torch.zeros_like(self._q_ptr)
-        else:
+        else:  # every row (no slicing: each view is one more operation on a GPU)
             slots = (self._q_ptr + torch.arange(n, device=dev)) % q
-            rows = slice(0, n)
             new_ptr = (self._q_ptr + n) % q
-        self._q_logits.index_copy_(0, slots, logits[rows].detach().to(device=dev, dtype=self._q_logits.dtype))
-        self._q_targets.index_copy_(0, slots, targets[rows].to(device=dev, dtype=torch.long))
+        # Under no_grad: the stored rows need no `detach`.
+        self._q_logits.index_copy_(0, slots, logits.to(device=dev, dtype=self._q_logits.dtype))
+        self._q_targets.index_copy_(0, slots, targets.to(device=dev, dtype=torch.long))
         if iid is None:
             self._q_iid.index_fill_(0, slots, True)
         else:
-            self._q_iid.index_copy_(0, slots, iid[rows].to(device=dev, dtype=torch.bool))
+            self._q_iid.index_copy_(0, slots, iid.to(device=dev, dtype=torch.bool))
         if weight is not None:
-            self._q_weight.index_copy_(0, slots, weight[rows].detach().to(device=dev, dtype=self._q_weight.dtype))
+            self._q_weight.index_copy_(0, slots, weight.to(device=dev, dtype=self._q_weight.dtype))
             self.weighted = bool((self._q_weight != 1).any())
         self._q_ptr.copy_(new_ptr)
 

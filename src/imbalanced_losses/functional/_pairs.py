@@ -111,7 +111,7 @@ Objective = Callable[[Tensor, QueryParams], tuple[Tensor, Tensor]]
 def _evaluate(objective: Objective, ratios: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]:
     """``objective(ratios, params)`` with the slope expanded to ``ratios``' shape (a view)."""
     value, slope = objective(ratios, params)
-    return value, slope.expand_as(ratios)
+    return value, slope if slope.shape == ratios.shape else slope.expand_as(ratios)
 
 
 def window_and_order(dtype: torch.dtype) -> tuple[float, int]:
@@ -323,7 +323,7 @@ def _block_terms(
     base: Tensor | None,
     params: QueryParams,
     objective: Objective,
-    work: Tensor,
+    work: Tensor | None,
     own: Own | None,
     small_bmm: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -340,7 +340,8 @@ def _block_terms(
             ``None`` when every pair is inside.
         params: Objective parameters of the queries (``weight [n, B]``, ``consts [n, 1, P]``).
         objective: See :data:`Objective`.
-        work: A buffer of at least ``2 n B L`` elements.
+        work: A buffer of at least ``2 n B L`` elements, or ``None`` to allocate the two
+            ``[n, B, L]`` temporaries (a single block: five fewer operations, same values).
         own: The key slot holding each query itself (see :class:`Own`), or ``None`` if no
             query is a key. That pair's sigmoid (1/2) is summed, but its derivative is left
             out: the query- and key-side terms cancel exactly, and adding them in float32 only
@@ -354,10 +355,15 @@ def _block_terms(
     """
     n, b, span = sq.shape[0], sq.shape[1], sk.shape[1]
     # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
-    sig, flip = work[: n * b * span].view(n, b, span), work[n * b * span : 2 * n * b * span].view(n, b, span)
-    torch.sub(sk.unsqueeze(1), sq.unsqueeze(2), out=sig)
-    sig.div_(tau.view(-1, 1, 1))
-    torch.neg(sig, out=flip).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
+    if work is None:
+        sig = torch.sub(sk.unsqueeze(1), sq.unsqueeze(2))
+        sig.div_(tau.view(-1, 1, 1))
+        flip = torch.neg(sig).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
+    else:
+        sig, flip = work[: n * b * span].view(n, b, span), work[n * b * span : 2 * n * b * span].view(n, b, span)
+        torch.sub(sk.unsqueeze(1), sq.unsqueeze(2), out=sig)
+        sig.div_(tau.view(-1, 1, 1))
+        torch.neg(sig, out=flip).sigmoid_()
     sig.sigmoid_()
     # The sums keep their product with the (all-ones) mask: the same BLAS rounding as always.
     ones = mask is None
@@ -395,10 +401,14 @@ def _pack(mask_t: Tensor, width: int, one_class: bool) -> Tensor:
     """``[C, width]`` pool rows of each row's selected entries, in pool order (0 on padding slots).
 
     ``one_class`` (the CPU plan) lets a single row use ``nonzero`` (a host synchronisation).
+    A single row has no padding (``width`` is its count): otherwise a stable descending sort of
+    the mask puts the selected rows first, in pool order (two operations, no host read).
     """
     c, m = mask_t.shape
     if c == 1 and one_class:  # no padding: `nonzero` is the whole answer, in two operations instead of eight
         return _selected(mask_t)
+    if c == 1:
+        return mask_t.sort(dim=1, descending=True, stable=True).indices[:, :width]
     slot = torch.where(mask_t, mask_t.cumsum(1) - 1, width)
     rows = torch.zeros(c, width + 1, dtype=torch.long, device=mask_t.device)
     return rows.scatter_(1, slot, torch.arange(m, device=mask_t.device).expand(c, m))[:, :width]
@@ -534,12 +544,12 @@ def _dense(
     c, lq, lk = tau.shape[0], queries.values.shape[1], keys.values.shape[1]
     step = max(1, sizes.chunk // max(c * lk, 1))
     mask = None if key_mask is None else key_mask.to(keys.values.dtype)
-    work = keys.values.new_empty(2 * c * min(step, lq) * lk)
-    if lq <= step:
+    if lq <= step:  # one block: its temporaries are allocated, not carved from a shared buffer
         _, ratios, value, grad_q, grad_k = _block_terms(
-            keys.values, queries.values, tau, mask, None, params, objective, work, own, sizes.small_bmm
+            keys.values, queries.values, tau, mask, None, params, objective, None, own, sizes.small_bmm
         )
         return value, ratios, grad_k, grad_q
+    work = keys.values.new_empty(2 * c * step * lk)  # one buffer serves every slice
     values, ratio_parts, grad_qs = [], [], []
     grad_k = keys.values.new_zeros(c, lk)
     for start in range(0, lq, step):
@@ -656,7 +666,13 @@ class PairResult(NamedTuple):
 
     per_class: Tensor  # [C] objective sums (carries the gradient)
     ratios: Tensor  # [C, Lq, J] float64 key sums R of each query slot (no gradient)
-    query_valid: Tensor  # [C, Lq] bool: the slot holds a real query
+    query_valid: Tensor | None  # [C, Lq] bool: the slot holds a real query; None: every slot does
+
+    def valid_slots(self) -> Tensor:
+        """``query_valid``, built when every slot is real (only the diagnostics read it)."""
+        if self.query_valid is not None:
+            return self.query_valid
+        return torch.ones(self.ratios.shape[:2], dtype=torch.bool, device=self.ratios.device)
 
 
 def pair_sums(
@@ -709,7 +725,11 @@ def pair_sums(
         if single is not None:
             return single
     nq, nk = query_t.sum(1), key_t.sum(1)
-    lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()  # the one host read of the sizes
+    if c == 1:  # the one host read of the sizes; a single class is its own maximum and minimum
+        lq, lk = torch.cat([nq, nk]).tolist()
+        nk_min = lk
+    else:
+        lq, lk, nk_min = torch.stack([nq.max(), nk.max(), nk.min()]).tolist()
     dense = c * lq * lk <= sizes.dense_max and c * lk <= sizes.dense_keys_max
     # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
     all_keys = dense and lk == m and nk_min == m
@@ -723,18 +743,22 @@ def pair_sums(
     else:
         keys = sorted_rows(s_t, key_t, nk, lk)
         queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
-    key_mask = key_channels.permute(1, 0, 2)  # [C, M, J]
-    if not all_keys:
-        key_valid = torch.arange(lk, device=device) < nk.unsqueeze(1)
-        if n_ch == 1:  # a key is an entry of the only channel: its mask is the slot's validity
-            key_mask = key_valid.unsqueeze(2)
-        else:
-            key_mask = key_mask.gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch)) & key_valid.unsqueeze(2)
+    # [C, Lk, J]; None: a single channel holding every key slot (no padding slot: every key of
+    # every class, or a single class; the kernels then leave out their products with ones).
+    key_mask: Tensor | None = None
+    if n_ch > 1:
+        key_mask = key_channels.permute(1, 0, 2)  # [C, M, J]
+        if not all_keys:
+            key_mask = key_mask.gather(1, keys.rows.unsqueeze(2).expand(-1, -1, n_ch))
+            if c > 1:  # a single class has no padding slot
+                key_mask = key_mask & (torch.arange(lk, device=device) < nk.unsqueeze(1)).unsqueeze(2)
+    elif not all_keys and c > 1:  # a key is an entry of the only channel: its mask is the slot's validity
+        key_mask = (torch.arange(lk, device=device) < nk.unsqueeze(1)).unsqueeze(2)
     own = None
     if queries_are_keys:  # with every row a key, a query's own key slot is its row
         own = Own(queries.rows, True) if all_keys else Own(_self_slots(keys.rows, keys.sizes, queries.rows, m), False)
+    query_valid: Tensor | None = None
     if c == 1 and dense:  # one class, dense: no padding slot, as in `_one_class` (GPU plan)
-        query_valid = torch.ones(1, lq, dtype=torch.bool, device=device)
         query_w = None if weight is None else weight.double()[queries.rows]
         params = QueryParams(query_w, class_params.double().unsqueeze(1))
     else:
@@ -798,7 +822,7 @@ def _one_class(
     per_class, ratios = _PairSums.apply(
         scores, tau, keys, key_mask, queries, params, objective, own, True, all_keys, plan
     )
-    return PairResult(per_class, ratios, torch.ones(1, lq, dtype=torch.bool, device=s_t.device))
+    return PairResult(per_class, ratios, None)  # no padding slot
 
 
 def _gathered(s_t: Tensor, rows: Tensor, sizes: Tensor) -> SortedRows:

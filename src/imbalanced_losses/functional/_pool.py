@@ -67,7 +67,8 @@ def class_masks(ids: Tensor, num_classes: int, ignore_index: int) -> tuple[Tenso
     if ids.ndim == 2:
         return ids == 1, ids == 0
     if num_classes == 1:
-        return (ids == 1).unsqueeze(1), (ids == 0).unsqueeze(1)
+        column = ids.unsqueeze(1)  # one view for both masks
+        return column == 1, column == 0
     classes = torch.arange(num_classes, device=ids.device)
     pos = ids.unsqueeze(1) == classes
     neg = (ids != ignore_index).unsqueeze(1) & ~pos

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
-from ._arith import class_sum, safe_divide
+from ._arith import class_sum, safe_divide, safe_reciprocal
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
 from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
@@ -154,8 +154,7 @@ def pauc_at_budget_core(
         n_band = band.sum(0)
         valid = valid & (n_band > 0)
         counts = torch.stack([den, n_band.to(dtype)], 1)
-        class_params = safe_divide(torch.ones_like(counts), counts)  # (1 / den, 1 / |B|)
-        inv_band = class_params[:, 1]
+        class_params = safe_reciprocal(counts)  # (1 / den, 1 / |B|)
         out = pair_sums(
             scores,
             tau_safe,
@@ -175,8 +174,9 @@ def pauc_at_budget_core(
     else:  # (numerator positive, band negative) pairs
         saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
         # Each positive's share of the band negatives below it.
-        v_cls = torch.arange(c, device=s.device).unsqueeze(1).expand_as(out.query_valid)[out.query_valid]
-        v = (1.0 - out.ratios[..., 0] * inv_band.double().unsqueeze(1))[out.query_valid].to(dtype)
+        query_valid, inv_band = out.valid_slots(), class_params[:, 1]
+        v_cls = torch.arange(c, device=s.device).unsqueeze(1).expand_as(query_valid)[query_valid]
+        v = (1.0 - out.ratios[..., 0] * inv_band.double().unsqueeze(1))[query_valid].to(dtype)
 
     nan = torch.full_like(t_alpha, float("nan"))
     stats = {

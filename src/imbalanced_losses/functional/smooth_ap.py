@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_float
-from ._arith import safe_divide
+from ._arith import safe_reciprocal
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction
 from ._exact_metrics import average_precision_from_masks
 from ._pairs import QueryParams, pair_sums
@@ -46,11 +46,12 @@ def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool
     scores, pos, neg, weight = pool
     den = positive_weights(pos, weight, scores.dtype).sum(0)
     tau = scores.new_ones(scores.shape[1]) * temperature  # a float or a 0-d tensor (no host sync)
-    inv_den = safe_divide(torch.ones_like(den), den).unsqueeze(1)
+    has_weight = den > 0  # den > 0 implies a positive
+    inv_den = safe_reciprocal(den, has_weight).unsqueeze(1)
     ap = pair_sums(
         scores, tau, torch.stack([neg, pos], dim=2), pos, weight, inv_den, _ap_objective, queries_are_keys=True
     ).per_class
-    valid = neg.any(0) & (den > 0)  # den > 0 implies a positive
+    valid = neg.any(0) & has_weight
     return RankingResult(1.0 - ap, valid, smooth_ap_stats(pool, tau) if diagnostics else None)
 
 
