@@ -11,12 +11,12 @@ from torch import Tensor, nn
 from ._schedule import Phase, PhaseSchedule, as_position
 from ._validation import ArgumentTypeError, check_int
 from ._warnings import WarnOnce, warn
-from .warmup_wrapper import _HOOK_GRACE
+from .warmup_wrapper import _HOOK_GRACE, _ScheduleState
 
 __all__ = ["DeferredReweighting"]
 
 
-class DeferredReweighting(nn.Module):
+class DeferredReweighting(_ScheduleState):
     r"""Train a loss unweighted, then with per-class weights from ``start_epoch`` on (DRW).
 
     The schedule of LDAM-DRW (Cao et al., 2019): the wrapped loss's class-weight attribute
@@ -216,23 +216,6 @@ class DeferredReweighting(nn.Module):
         if "epoch_hook_seen" in state:
             self._epoch_hook_seen = bool(state["epoch_hook_seen"])
         self._apply_schedule()
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Runs before the wrapped loss loads: the restored phase sets (or clears) its weights first,
-        # so the loss's `class_weight` entry (present after the switch only) always has a target.
-        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 def _check_weights(class_weight: Any) -> Tensor:

@@ -27,7 +27,31 @@ _HOOK_GRACE = 100
 ELEMENTWISE_WARMUP_LOSSES: tuple[type[nn.Module], ...] = (nn.BCEWithLogitsLoss, SigmoidFocalLoss)
 
 
-class LossWarmupWrapper(nn.Module):
+class _ScheduleState(nn.Module):
+    """A module whose schedule position is its ``_extra_state``, which older checkpoints lack.
+
+    Loading a state dict without that entry keeps the current schedule instead of reporting a
+    missing key (also with ``strict=True``). The entry is (re)applied before the submodules
+    load, so a restored phase is in place when they do.
+    """
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class LossWarmupWrapper(_ScheduleState):
     r"""Train with ``warmup_loss`` first, blend into ``main_loss``, and anneal its temperature.
 
     Phases, with ``x`` the epoch (epoch mode) or the last global step seen (step mode), ``W``
@@ -529,22 +553,6 @@ class LossWarmupWrapper(nn.Module):
         if "_runs" not in self.__dict__:  # pickled before forward read derived tensors
             self._blend_weights = (torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64))
             self._refresh()
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Checkpoints from before the schedule was saved: keep the current schedule (no missing key).
-        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 def _elementwise_targets(logits: Any, targets: Any, loss_name: str, ignore_index: float | None = None) -> Any:
