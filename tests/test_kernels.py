@@ -28,7 +28,8 @@ where noted, through the dense small-pool path, forced with a huge ``DENSE_MAX``
    sample weights with zeros; ``ignore_index`` rows; pAUC bands ``[alpha, beta]`` with both
    ``tau_scale`` options. A third of the cases run with a small ``CHUNK`` (several chunks).
    Pools of up to 257 rows also run through the dense path.
-2. Window edge: pairs exactly ``K tau`` apart and one ulp either side, ``K = 8`` and ``K = 10``.
+2. Window edge: pairs exactly ``K tau`` apart and one ulp either side, ``K = 2`` (the CPU plan),
+   ``K = 8`` and ``K = 10`` (the CUDA plan's float32 and float64 windows).
 3. Named pathological pools: a positive hundreds of ``tau_eff`` above a class's band when the
    classes' bands differ in size; an invalid class next to a valid one; a nearly saturated pool;
    scores near 1e3 with ``|s| / tau`` of 1e6 (float32) / 1e10 (float64), all pairs in the tails.
@@ -539,7 +540,7 @@ def test_property_cases_mostly_compare_numbers() -> None:
 
 
 def edge_pool(dtype: torch.dtype, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary pool: positives at 3 anchors; negatives at ``anchor +- k tau`` (k = 8, 10) and 1 ulp around.
+    """Binary pool: positives at 3 anchors; negatives at ``anchor +- k tau`` (k = 2, 8, 10) and 1 ulp around.
 
     Also a few negatives at ``+-(k +- 1e-3) tau`` and ties with the anchors.
     """
@@ -547,7 +548,7 @@ def edge_pool(dtype: torch.dtype, tau: float) -> tuple[torch.Tensor, torch.Tenso
     t = torch.tensor(tau, dtype=dtype)
     negatives = []
     for a in anchors:
-        for k in (8.0, 10.0):
+        for k in (2.0, 8.0, 10.0):
             for sign in (-1.0, 1.0):
                 exact = a + sign * k * t
                 inf = torch.tensor(float("inf"), dtype=dtype)
@@ -588,7 +589,7 @@ def test_pairwise_pauc_window_edge(dtype: torch.dtype, path: str, monkeypatch: p
     negatives = torch.tensor([0.0, 0.2, 0.5, 0.5, 1.0], dtype=dtype)
     positives = []
     for anchor in (0.2, 0.5):
-        for k in (8.0, 10.0):
+        for k in (2.0, 8.0, 10.0):
             for sign in (-1.0, 1.0):
                 exact = torch.tensor(anchor, dtype=dtype) + sign * k * t
                 positives += [exact, torch.nextafter(exact, inf), torch.nextafter(exact, -inf)]
@@ -881,10 +882,12 @@ def _spread_scores(m: int, c: int, seed: int) -> torch.Tensor:
 
 def _assert_both_sides_of_edge(d: torch.Tensor) -> None:
     """Pair distances ``|d|`` (in temperature units) fall in the window and in the tails, none
-    within 0.1 of the float64 edge ``K = 10`` (a 1e-6 perturbation never moves a pair across)."""
-    assert bool((d > 10.1).any())
-    assert bool(((d > 0) & (d < 9.9)).any())
-    assert not bool(((d - 10.0).abs() < 0.1).any())
+    within 0.1 of a float64 edge (``K = 2`` on the CPU plan, ``K = 10`` on the CUDA plan): a 1e-6
+    perturbation never moves a pair across."""
+    for edge in (2.0, 10.0):
+        assert bool((d > edge + 0.1).any())
+        assert bool(((d > 0) & (d < edge - 0.1)).any())
+        assert not bool(((d - edge).abs() < 0.1).any())
 
 
 GRADCHECK_M = 24

@@ -541,6 +541,41 @@ def test_iid_flags_are_stored_per_row() -> None:
     assert loss_fn._queue._q_iid.tolist() == [True, True, True, True, False, True, True, True]
 
 
+def _pauc_on_pool(logits: torch.Tensor, targets: torch.Tensor, iid: torch.Tensor) -> torch.Tensor:
+    return pauc_at_budget_loss(logits, targets, beta=0.5, iid_mask=iid, reduction="none")
+
+
+def test_stored_non_iid_rows_still_count_in_a_call_without_flags() -> None:
+    """A call without ``iid_mask`` after one with it: the stored ``False`` flags still leave their rows out."""
+    g = torch.Generator().manual_seed(3)
+    loss_fn = PAUCAtBudgetLoss(num_classes=3, beta=0.5, queue_size=24, reduction="none")
+    first, targets = torch.randn(24, 3, generator=g), torch.arange(24) % 3
+    flags = torch.rand(24, generator=g) < 0.5
+    loss_fn(first, targets, flags)
+    live = torch.randn(12, 3, generator=g)
+    got = loss_fn(live, targets[:12])
+    pool, pool_targets = torch.cat([live, first]), torch.cat([targets[:12], targets])
+    expected = _pauc_on_pool(pool, pool_targets, torch.cat([torch.ones(12, dtype=torch.bool), flags]))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, equal_nan=True)
+    assert not torch.allclose(
+        expected, _pauc_on_pool(pool, pool_targets, torch.ones(36, dtype=torch.bool)), equal_nan=True
+    )  # the flags matter for this pool
+
+
+def test_loaded_non_iid_flags_count_and_reset_clears_them() -> None:
+    sd = incumbent_checkpoint()  # slot 1 (a class-1 row) is not iid
+    loss_fn = PAUCAtBudgetLoss(num_classes=3, beta=0.5, queue_size=6, reduction="none")
+    loss_fn.load_state_dict(sd)
+    logits, targets = torch.randn(9, 3, generator=torch.Generator().manual_seed(4)), torch.arange(9) % 3
+    pool = torch.cat([logits, sd["_queue._q_logits"]])
+    pool_targets = torch.cat([targets, sd["_queue._q_targets"]])
+    expected = _pauc_on_pool(pool, pool_targets, torch.cat([torch.ones(9, dtype=torch.bool), sd["_queue._q_iid"]]))
+    torch.testing.assert_close(loss_fn(logits, targets), expected, rtol=0, atol=1e-6, equal_nan=True)
+    assert loss_fn._queue.flagged
+    loss_fn.reset_queue()
+    assert not loss_fn._queue.flagged
+
+
 @ALL
 def test_empty_pool_call_does_not_enqueue(name: str) -> None:
     """incumbent §2.3 step 10: a call whose pool is empty (fresh queue, all rows ignored) enqueues nothing."""

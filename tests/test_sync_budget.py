@@ -47,8 +47,7 @@ import imbalanced_losses as il
 #: counted with :class:`OpCounter` on torch 2.13 (0.6 always validates; its own syncs: 13-19).
 INCUMBENT_BINARY_OPS = {"smooth_ap": 101, "recall": 80, "pauc_trapezoid": 130, "pauc_pairwise": 115}
 #: Our operations for the same call today: a ratchet (lower it when a change cuts operations).
-#: Not yet within 0.6's: see ``test_binary_call_within_the_incumbents_ops`` (expected to fail).
-BINARY_OPS = {"smooth_ap": 112, "recall": 166, "pauc_trapezoid": 194, "pauc_pairwise": 154}
+BINARY_OPS = {"smooth_ap": 90, "recall": 80, "pauc_trapezoid": 107, "pauc_pairwise": 113}
 #: Inputs at least this large of the operators in :data:`FAKED` are not computed (see the module docstring).
 FAKE_ELEMENTS = 1 << 22
 FAKED = {
@@ -246,10 +245,6 @@ def test_binary_call_two_syncs_and_no_more_ops_than_recorded(name: str) -> None:
     assert got.ops <= BINARY_OPS[name], got
 
 
-@pytest.mark.xfail(
-    reason="issue 16 item 3, open: the binary call still dispatches 112-194 operations against 0.6's 80-130",
-    strict=True,
-)
 @pytest.mark.parametrize("name", sorted(RANKING))
 def test_binary_call_within_the_incumbents_ops(name: str) -> None:
     assert binary_call(name).ops <= INCUMBENT_BINARY_OPS[name]

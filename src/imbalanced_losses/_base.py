@@ -54,6 +54,9 @@ class RankingLoss(nn.Module):
     implement ``forward`` by handing their functional core to :meth:`_run`.
     """
 
+    #: Whether the core reads the pool's ``iid`` flags (otherwise they are only stored in the queue).
+    _reads_iid = True
+
     def __init__(
         self,
         num_classes: int,
@@ -196,7 +199,7 @@ class RankingLoss(nn.Module):
             iid = torch.ones(n, dtype=torch.bool, device=logits.device) if iid is None else iid
             logits, ids, iid, weight = gather_batch(logits, ids, iid, weight)
 
-        merged = self._queue.merge(logits, ids, iid, weight)
+        merged = self._queue.merge(logits, ids, iid, weight, with_iid=self._reads_iid)
         size = merged.targets.shape[0]
         # Rows to keep; None = all of them, known without a look at the targets when the batch
         # has no ignore_index row (see validate_batch) and there is neither a queue nor a gather.
@@ -228,7 +231,8 @@ class RankingLoss(nn.Module):
             kept = rows.numel()
         if rows is not None and rows.numel() < size:
             merged = Merged(*(None if t is None else t.index_select(0, rows) for t in merged))  # type: ignore[arg-type]
-        pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index)
+        all_rows = rows is not None or (all_kept and not gathered and self._queue.capacity == 0)
+        pool = make_pool(merged.logits, merged.targets, merged.weight, ignore_index, all_rows=all_rows)
 
         def run(p: Pool) -> RankingResult:
             out = core(p, merged.iid, merged.is_live)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional._arith import compute_dtype
+from .functional._constants import device_arange
 
 _KEYS = ("_q_logits", "_q_targets", "_q_ptr", "_q_iid", "_q_weight")
 
@@ -43,7 +44,7 @@ class Merged(NamedTuple):
 
     logits: Tensor  # [N + Q, C]
     targets: Tensor  # [N + Q] int64
-    iid: Tensor | None  # [N + Q] bool; None (every row iid) only without a queue
+    iid: Tensor | None  # [N + Q] bool; None: every row iid (no flag given), or not asked for
     weight: Tensor | None  # [N + Q] or None when no row (live or stored) carries a weight
     is_live: Tensor | None  # [N + Q] bool, True for the first N rows; None (all live) without a queue
 
@@ -84,8 +85,10 @@ class MemoryQueue(nn.Module):
         self.capacity = capacity
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        # True while some stored weight may differ from 1; re-derived on reset and load.
+        # True while some stored weight may differ from 1, or some stored iid flag be False;
+        # re-derived on reset and load.
         self.weighted = False
+        self.flagged = False
         self._mask_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
         if capacity > 0:
             self.register_buffer("_q_logits", torch.zeros(capacity, num_classes))
@@ -100,7 +103,7 @@ class MemoryQueue(nn.Module):
     @torch.no_grad()
     def reset(self) -> None:
         """Empty the queue in place (slots get ``ignore_index`` targets, pointer 0)."""
-        self.weighted = False
+        self.weighted = self.flagged = False
         if self.capacity == 0:
             return
         self._q_logits.zero_()
@@ -132,10 +135,14 @@ class MemoryQueue(nn.Module):
         if self.capacity > 0 and targets.ndim != self._q_targets.ndim:
             self._q_targets = self.stored_targets(targets)
 
-    def merge(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> Merged:
+    def merge(
+        self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None, *, with_iid: bool = True
+    ) -> Merged:
         """Concatenate the live rows with all ``Q`` slots (buffer order), cast to the live dtype and device.
 
-        ``iid=None`` means every live row is iid. The weights are in the computation dtype of
+        ``iid=None`` means every live row is iid; the merged flags are ``None`` (every row iid)
+        when no row carries a flag (none given since the last reset), or with ``with_iid=False``
+        for a loss that does not read them. The weights are in the computation dtype of
         ``logits`` (float32 for half precision: stored weights may exceed float16's range). Without
         a queue the batch is returned as it is, with ``is_live=None`` (every row live): all-ones
         masks are not built.
@@ -146,7 +153,9 @@ class MemoryQueue(nn.Module):
         n = logits.shape[0]
         dev = logits.device
         ones, is_live = self._constant_masks(n, dev)
-        if iid is None:
+        if not with_iid or (iid is None and not self.flagged):
+            iid = None  # not read, or every row iid
+        elif iid is None:
             iid = ones
         if self.weighted and weight is None:
             weight = torch.ones(n, device=dev)
@@ -156,7 +165,7 @@ class MemoryQueue(nn.Module):
         return Merged(
             torch.cat([logits, self._q_logits.to(device=dev, dtype=logits.dtype)]),
             torch.cat([targets, stored.to(dev)]),
-            torch.cat([iid, self._q_iid.to(dev)]),
+            None if iid is None else torch.cat([iid, self._q_iid.to(dev)]),
             weight,
             is_live,
         )
@@ -184,6 +193,7 @@ class MemoryQueue(nn.Module):
         if q == 0 or n == 0:
             return
         self.match_targets(targets)
+        self.flagged = self.flagged or iid is not None
         if weight is not None:
             self.weighted = True
         elif self.weighted:
@@ -196,8 +206,8 @@ class MemoryQueue(nn.Module):
             weight = None if weight is None else weight[n - q :]
             new_ptr = torch.zeros_like(self._q_ptr)
         else:  # every row (no slicing: each view is one more operation on a GPU)
-            slots = (self._q_ptr + torch.arange(n, device=dev)) % q
-            new_ptr = (self._q_ptr + n) % q
+            slots = (self._q_ptr + device_arange(n, dev)) % q
+            new_ptr = None
         # Under no_grad: the stored rows need no `detach`.
         self._q_logits.index_copy_(0, slots, logits.to(device=dev, dtype=self._q_logits.dtype))
         self._q_targets.index_copy_(0, slots, targets.to(device=dev, dtype=torch.long))
@@ -208,7 +218,10 @@ class MemoryQueue(nn.Module):
         if weight is not None:
             self._q_weight.index_copy_(0, slots, weight.to(device=dev, dtype=self._q_weight.dtype))
             self.weighted = bool((self._q_weight != 1).any())
-        self._q_ptr.copy_(new_ptr)
+        if new_ptr is None:  # in place, after the slots were read from the old pointer
+            self._q_ptr.add_(n).remainder_(q)
+        else:
+            self._q_ptr.copy_(new_ptr)
 
     def _load_from_state_dict(
         self,
@@ -234,3 +247,4 @@ class MemoryQueue(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self.weighted = self.capacity > 0 and bool((self._q_weight != 1).any())
+        self.flagged = self.capacity > 0 and not bool(self._q_iid.all())

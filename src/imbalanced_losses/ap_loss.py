@@ -62,6 +62,8 @@ class SmoothAPLoss(RankingLoss):
         True
     """
 
+    _reads_iid = False  # iid flags are only stored in the queue (another loss may share it)
+
     def __init__(
         self,
         num_classes: int,

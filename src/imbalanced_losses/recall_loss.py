@@ -64,6 +64,8 @@ class RecallAtQuantileLoss(RankingLoss):
         - output: scalar, or ``[C]`` for ``'none'``; each diagnostic is ``[C]``.
     """
 
+    _reads_iid = False  # iid flags are only stored in the queue (another loss may share it)
+
     def __init__(
         self,
         num_classes: int,

@@ -32,7 +32,8 @@ def safe_reciprocal(den: Tensor, positive: Tensor | None = None) -> Tensor:
 
     ``positive`` may pass ``den > 0`` when the caller has it already.
     """
-    return torch.where(den > 0 if positive is None else positive, den, 1.0).reciprocal()
+    # masked_fill takes the 1 as a scalar (where would first make it a tensor: one more operation)
+    return den.masked_fill(den <= 0 if positive is None else ~positive, 1.0).reciprocal()
 
 
 class FlushDenormals:

@@ -67,8 +67,13 @@ def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | Non
 def restrict_pool(pool: Pool, keep: Tensor) -> Pool:
     """The pool's columns of the classes in ``keep`` only (rows are unchanged)."""
     keep = keep.to(pool.scores.device)
-    scores, pos, neg, weight = pool
-    return Pool(scores.index_select(1, keep), pos.index_select(1, keep), neg.index_select(1, keep), weight)
+    return Pool(
+        pool.scores.index_select(1, keep),
+        pool.pos.index_select(1, keep),
+        pool.neg.index_select(1, keep),
+        pool.weight,
+        pool.all_rows,
+    )
 
 
 def _expand(values: Tensor, keep: Tensor, num_classes: int) -> Tensor:

@@ -19,9 +19,11 @@ every pair falls in one of three regimes, relative to a window half-width :math:
 
 The exponential tails factorise (:math:`e^{n(z-q)} = e^{nz} e^{-nq}`), so they are prefix
 sums over the sorted keys. To keep those prefix sums exact in floating point, values are
-grouped into cells of width :math:`G \le K` and each cell is scaled by its upper edge; a
-query then combines its own partial cell with the few full cells below it, every factor
-being at most 1 (farther cells contribute less than :math:`e^{-(N+1)K}`).
+grouped into cells of width :math:`G = K` and each cell is scaled by its upper edge; a
+query then combines its own partial cell with the :math:`\lceil (N+1)/n \rceil` full cells
+below it (summed once per cell, as its *carry*), every factor being at most 1 (farther cells
+contribute less than :math:`e^{-(N+1)K}` per key). The gathers that locate a prefix are shared
+by every order and channel; the powers :math:`e^{n\,offset}` are repeated products.
 
 Because the objective :math:`v` is known in the forward pass, the gradient is formed there
 too (block by block for the window, by the same prefix sums for the tails) and saved as one
@@ -33,7 +35,9 @@ per-operation overhead, not arithmetic). Both sizes come from the device's plan
 (:mod:`._plan`): small on the CPU (``CHUNK = DENSE_MAX = 2^20``), large on a GPU, where a
 call costs per launched operation.
 
-Defaults (``K``, ``N``): ``(8, 2)`` in float32 and ``(10, 3)`` in float64, i.e. a truncation
+Window and order (``K``, ``N``, :func:`window_and_order`): on the CPU plan ``(2, 11)`` in float32
+and ``(2, 19)`` in float64 (a narrow window: a quarter of the pair terms, which are the cost
+there); on the CUDA plan ``(8, 2)`` and ``(10, 3)`` (fewer operations). Either way a truncation
 error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
 per key, far below the float32 rounding of the dense sum and below 1e-12 in float64.
 """
@@ -43,11 +47,12 @@ from __future__ import annotations
 import bisect
 import functools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._arith import FlushDenormals
 from ._plan import PLANS, kernel_plan, override
@@ -75,6 +80,7 @@ class Sizes(NamedTuple):
     small_bmm: int  # below this many elements (and several CPU threads): broadcast products, not BLAS
     one_class: bool  # single class: members found with `nonzero` (see `_one_class`)
     count_cells: bool  # the tails' tables: one column per occupied cell (a host read), else per score
+    narrow: bool  # the narrow window and long series of `window_and_order`
 
 
 def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int) -> Sizes:
@@ -89,6 +95,7 @@ def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int) -> Siz
         plan.small_bmm,
         plan.one_class,
         plan.count_cells,
+        plan.narrow_window,
     )
 
 
@@ -114,8 +121,16 @@ def _evaluate(objective: Objective, ratios: Tensor, params: QueryParams) -> tupl
     return value, slope if slope.shape == ratios.shape else slope.expand_as(ratios)
 
 
-def window_and_order(dtype: torch.dtype) -> tuple[float, int]:
-    """The window half-width ``K`` and the tail series order ``N`` used for ``dtype``."""
+def window_and_order(dtype: torch.dtype, *, narrow: bool = False) -> tuple[float, int]:
+    r"""The window half-width ``K`` and the tail series order ``N`` used for ``dtype``.
+
+    Every choice keeps :math:`(N + 1) K \ge 24` in float32 and :math:`\ge 40` in float64: the
+    series of a pair outside the window is off by at most :math:`e^{-(N+1)K}` (its derivative
+    by :math:`(N+1) e^{-(N+1)K}`). ``narrow`` (the CPU plan) trades pair terms for series
+    orders: ``(2, 11)`` and ``(2, 19)``, against ``(8, 2)`` and ``(10, 3)``.
+    """
+    if narrow:
+        return (2.0, 19) if dtype == torch.float64 else (2.0, 11)
     return (10.0, 3) if dtype == torch.float64 else (8.0, 2)
 
 
@@ -184,63 +199,79 @@ def _side(values: Tensor, width: float, count: bool) -> _Side:
     return _Side(_cells(values, width, count), _cells(-values.flip(1), width, count), values.shape[1])
 
 
-class _Table(NamedTuple):
-    """Prefix sums of ``weight * exp(n * offset)`` over one :class:`_Cells` (float64)."""
+class _Probe(NamedTuple):
+    """Prefix ends located in one direction's cells (shared by every order and channel)."""
 
-    cum: Tensor  # [C, L + 1] exclusive prefix sums
-    totals: Tensor  # [C, R] sum of each cell
-
-
-def _table(cells: _Cells, weight: Tensor, n: int) -> _Table:
-    cum = weight.new_zeros(weight.shape[0], weight.shape[1] + 1)
-    cum[:, 1:] = cells.offset.mul(n).exp_().mul_(weight).cumsum(1)
-    return _Table(cum, cum.gather(1, cells.start[:, 1:]).sub_(cum.gather(1, cells.start[:, :-1])))
+    cut: Tensor  # [C, X] long prefix ends
+    head: Tensor  # [C, X] long: first slot of the cell holding slot `cut - 1`
+    rank: Tensor  # [C, X] long: that cell's rank
 
 
-def _lookup(cells: _Cells, table: _Table, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
-    r"""``sum_{j < cut} weight_j exp(n (v_j - x))`` for items ``(cut, x)`` given ``v_{cut-1} <= x - K``.
+def _probe(cells: _Cells, cut: Tensor) -> _Probe:
+    if cells.offset.shape[1] == 0:  # no values: every prefix is empty
+        return _Probe(cut, torch.zeros_like(cut), torch.zeros_like(cut))
+    rank = cells.rank.gather(1, (cut - 1).clamp_min(0))
+    return _Probe(cut, cells.start.gather(1, rank), rank)
+
+
+def _scale(cells: _Cells, cut: Tensor, x: Tensor) -> Tensor:
+    """``exp(top - x) <= 1`` for items ``(cut, x)``: ``top`` the upper edge of the cell of slot ``cut - 1``.
+
+    0 where the prefix is empty (``cut <= 0``). Real terms have ``top <= x`` by construction
+    (``v_{cut-1} <= x - K`` and ``G <= K``); the clamp keeps zero-weight padding slots from
+    overflowing (inf * 0 = nan) when an item lies far beyond every real value.
+    """
+    if cells.offset.shape[1] == 0:
+        return x.new_zeros(x.shape)
+    top = cells.top.gather(1, cells.rank.gather(1, (cut - 1).clamp_min(0)))
+    return top.sub_(x).clamp_max_(0.0).exp_().masked_fill_(cut <= 0, 0.0)
+
+
+def _tables(cells: _Cells, weight: Tensor, order: int) -> Iterator[tuple[Tensor, Tensor]]:
+    r"""For ``n = 1 .. order``: prefix sums of ``weight * exp(n * offset)`` and each cell's carry.
 
     Args:
-        cells: The sorted values ``v`` ``[C, L]``.
-        table: :func:`_table` of ``cells`` with the weights and order ``n``.
-        cut: ``[C, X]`` long prefix ends.
-        x: ``[C, X]`` float64 item values.
-        n: Exponent order.
-        extra: Number of full cells below the partial one to include (farther ones are
-            below ``exp(-n * extra * G)``).
+        cells: The sorted values ``[C, L]`` in cells of width ``G``.
+        weight: ``[C, J, L]`` float64 channel weights of the values.
+        order: Highest order ``N``.
+
+    Yields:
+        ``(cum [C, J, L + 1], carry [C, J, R])``: exclusive prefix sums of
+        :math:`w_j e^{n (v_j - top_j)}` (each term at most :math:`w_j`) and, per cell rank
+        :math:`r`, the sums of the ``_cells_needed(order, n)`` cells below it, scaled to its
+        upper edge (factors :math:`e^{n (top_{r-t} - top_r)} \le 1`; farther cells lie beyond
+        :math:`e^{-(N+1)K}`). The powers :math:`e^{n\,offset}` are products of :math:`e^{offset}`
+        (relative error ``n`` ulps, no underflow: ``offset >= -G``). ``cum`` is one buffer,
+        overwritten by the next order (fresh pool-sized tensors cost page faults).
     """
-    if cells.offset.shape[1] == 0 or cells.top.shape[1] == 0:
-        return x.new_zeros(x.shape)
-    rank = cells.rank.gather(1, (cut - 1).clamp_min(0))
-    out = table.cum.gather(1, cut).sub_(table.cum.gather(1, cells.start.gather(1, rank)))
-    # Real terms have factors <= 1 by construction; the clamp keeps zero-weight padding slots from
-    # overflowing (inf * 0 = nan) when an item lies far beyond every real value.
-    out.mul_(cells.top.gather(1, rank).sub_(x).clamp_max_(0.0).mul_(n).exp_())
-    for t in range(1, extra + 1):
-        r = (rank - t).clamp_min_(0)
-        term = cells.top.gather(1, r).sub_(x).clamp_max_(0.0).mul_(n).exp_().mul_(table.totals.gather(1, r))
-        out.add_(term.masked_fill_(rank < t, 0.0))
-    return out.masked_fill_(cut <= 0, 0.0)
+    c, j, length = weight.shape
+    ranks = cells.top.shape[1]
+    start = cells.start.unsqueeze(1).expand(c, j, ranks + 1)
+    base = cells.offset.exp()
+    power = base.clone()
+    cum = weight.new_zeros(c, j, length + 1)
+    for n in range(1, order + 1):
+        if n > 1:
+            power.mul_(base)
+        torch.mul(weight, power.unsqueeze(1), out=cum[..., 1:])
+        cum.cumsum_(2)
+        totals = cum.gather(2, start[..., 1:]).sub_(cum.gather(2, start[..., :-1]))
+        carry = torch.zeros_like(totals)
+        for t in range(1, min(_cells_needed(order, n), ranks - 1) + 1):
+            gap = cells.top[:, :-t].sub(cells.top[:, t:]).mul_(n).exp_()  # top_{r-t} - top_r <= 0
+            carry[..., t:].addcmul_(totals[..., :-t], gap.unsqueeze(1))
+        yield cum, carry
 
 
-class _Sums(NamedTuple):
-    """Prefix-sum tables of one weighted sorted array for both directions."""
+def _at(cum: Tensor, carry: Tensor, probe: _Probe) -> Tensor:
+    """``[C, J, X]`` weighted sums of the prefixes ``probe.cut``, scaled to the upper edge of their last cell."""
+    c, j = cum.shape[:2]
 
-    side: _Side
-    up: _Table
-    down: _Table
+    def spread(index: Tensor) -> Tensor:
+        return index.unsqueeze(1).expand(c, j, index.shape[1])
 
-    def below(self, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
-        """``sum_{j < cut} w_j exp(n (v_j - x))``."""
-        return _lookup(self.side.up, self.up, cut, x, n, extra)
-
-    def above(self, cut: Tensor, x: Tensor, n: int, extra: int) -> Tensor:
-        """``sum_{j >= cut} w_j exp(-n (v_j - x))`` (the same sums on the negated, flipped array)."""
-        return _lookup(self.side.down, self.down, self.side.length - cut, -x, n, extra)
-
-
-def _sums(side: _Side, weight: Tensor, n: int) -> _Sums:
-    return _Sums(side, _table(side.up, weight, n), _table(side.down, weight.flip(1), n))
+    out = cum.gather(2, spread(probe.cut)).sub_(cum.gather(2, spread(probe.head)))
+    return out.add_(carry.gather(2, spread(probe.rank))) if carry.shape[2] > 0 else out
 
 
 def _cells_needed(order: int, n: int) -> int:
@@ -291,6 +322,15 @@ def _bmm(a: Tensor, b: Tensor, small: int) -> Tensor:
     if a.numel() <= small and torch.get_num_threads() > 1:
         return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
     return torch.bmm(b.transpose(1, 2).contiguous(), a.transpose(1, 2)).transpose(1, 2)
+
+
+def _mm(a: Tensor, b: Tensor, small: int) -> Tensor:
+    """``a @ b`` for ``a [R, K]`` and a narrow ``b [K, J]``, with the layouts of :func:`_bmm`."""
+    if small == 0:
+        return a @ b
+    if a.numel() <= small and torch.get_num_threads() > 1:
+        return (a.unsqueeze(2) * b.unsqueeze(0)).sum(1)
+    return (b.t().contiguous() @ a.t()).t()
 
 
 def _zero_slots(x: Tensor, slot: Tensor, *, in_range: bool = False) -> None:
@@ -452,7 +492,7 @@ def _windowed(
     if key_mask is None:
         key_mask = torch.ones_like(keys.values, dtype=torch.bool).unsqueeze(2)
     c = tau.shape[0]
-    half_width, order = window_and_order(dtype)
+    half_width, order = window_and_order(dtype, narrow=sizes.narrow)
     # Scaled scores in float64, relative to each class's lowest key: the tails need accurate
     # differences even when |s| / tau is huge.
     tau64 = tau.double().unsqueeze(1)
@@ -465,22 +505,29 @@ def _windowed(
     lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
     hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
 
-    # Exponential tails (float64), per channel: values and their derivative in the query.
+    # Exponential tails (float64), channels first: values and their derivative in the query.
+    # Keys below a query's window are prefixes of the ascending keys ("up"); those above it,
+    # prefixes of the negated, flipped keys ("down").
     key_side = _side(zk, half_width, sizes.count_cells)
-    tail = zq.new_zeros(c, lq, n_ch)
-    tail_dq = zq.new_zeros(c, lq, n_ch)
-    for ch in range(n_ch):
-        w = key_mask[..., ch].double()
-        count = w.new_zeros(c, lk + 1)
-        count[:, 1:] = w.cumsum(1)
-        tail[..., ch] = count.gather(1, keys.sizes.unsqueeze(1)) - count.gather(1, hi_q)
-        for n in range(1, order + 1):
-            sums_n = _sums(key_side, w, n)
-            below = sums_n.below(lo_q, zq, n, _cells_needed(order, n))
-            above = sums_n.above(hi_q, zq, n, _cells_needed(order, n))
-            sign = 1.0 if n % 2 else -1.0
-            tail[..., ch] += sign * (below - above)
-            tail_dq[..., ch] += sign * n * (-below - above)
+    w = key_mask.permute(0, 2, 1).double()  # [C, J, Lk]
+    count = w.new_zeros(c, n_ch, lk + 1)
+    count[..., 1:] = w.cumsum(2)
+    ends = keys.sizes.view(c, 1, 1).expand(c, n_ch, 1)
+    tail = count.gather(2, ends) - count.gather(2, hi_q.unsqueeze(1).expand(c, n_ch, lq))  # [C, J, Lq]
+    tail_dq = torch.zeros_like(tail)
+    below_at, above_at = _probe(key_side.up, lo_q), _probe(key_side.down, lk - hi_q)
+    below_scale, above_scale = _scale(key_side.up, lo_q, zq), _scale(key_side.down, lk - hi_q, -zq)
+    below_f, above_f = below_scale, above_scale  # scale ** n
+    up_down = zip(_tables(key_side.up, w, order), _tables(key_side.down, w.flip(2), order), strict=True)
+    for n, (up, down) in enumerate(up_down, 1):
+        if n > 1:
+            below_f, above_f = below_f * below_scale, above_f * above_scale
+        below = _at(*up, below_at).mul_(below_f.unsqueeze(1))
+        above = _at(*down, above_at).mul_(above_f.unsqueeze(1))
+        sign = 1.0 if n % 2 else -1.0
+        tail.add_(below - above, alpha=sign)
+        tail_dq.sub_(below.add_(above), alpha=sign * n)
+    tail, tail_dq = tail.transpose(1, 2).contiguous(), tail_dq.transpose(1, 2)  # [C, Lq, J]
 
     # Window blocks, in chunks of similar window length.
     sums = torch.zeros(c * nb, BLOCK, n_ch, dtype=dtype, device=device)
@@ -491,31 +538,44 @@ def _windowed(
     host_lengths = by_length.tolist()  # the only host read: blocks by decreasing window length
     n_live = bisect.bisect_left(host_lengths, 0, key=operator.neg)  # blocks with a non-empty window
     live, host_lengths = longest_first[:n_live], host_lengths[:n_live]
-    sk_flat, mask_flat = keys.values.flatten(), key_mask.to(dtype).reshape(c * lk, n_ch)
-    sq_blocks = queries.values.reshape(c * nb, BLOCK)
-    tail_blocks = tail.view(c * nb, BLOCK, n_ch)
-    weight_blocks = None if params.weight is None else params.weight.view(c * nb, BLOCK)
+    # Every live block's inputs, once, in the chunks' order: a chunk takes contiguous slices
+    # (few operations per chunk; their count, not their size, is the cost of a small chunk).
+    live_class, live_lo = live // nb, plan.lo.flatten()[live]
+    first, live_lengths = live_class * lk + live_lo, lengths[live]  # first key slot (flat), window length
+    sq_live, tau_live = queries.values.reshape(c * nb, BLOCK)[live], tau[live_class]
+    tail_live = tail.view(c * nb, BLOCK, n_ch)[live]
+    weight_live = None if params.weight is None else params.weight.view(c * nb, BLOCK)[live]
+    consts_live = params.consts[live_class]
+    own_live = None if self_blocks is None else self_blocks[live] - live_lo.unsqueeze(1)
+    sk_flat = keys.values.flatten()
+    mask_planes = key_mask.permute(2, 0, 1).to(dtype).flatten()  # [J * C * Lk]: channel-major
+    first_planes = first.view(-1, 1, 1) + torch.arange(n_ch, device=device).view(1, n_ch, 1) * (c * lk)
+    sums_live = sk_flat.new_empty(n_live, BLOCK, n_ch)
+    grad_q_live = sk_flat.new_empty(n_live, BLOCK)
     chunks = _chunks(host_lengths, BLOCK, sizes.chunk)
     work = sk_flat.new_empty(2 * max([(stop - start) * BLOCK * host_lengths[start] for start, stop in chunks] or [0]))
+    all_offsets = torch.arange(host_lengths[0] if host_lengths else 0, device=device)
     for start, stop in chunks:  # one buffer serves every chunk
-        sel = live[start:stop]
-        offsets = torch.arange(host_lengths[start], device=device)
-        inside = offsets < lengths[sel].unsqueeze(1)  # [nb', span]
-        flat = (sel // nb * lk + plan.lo.flatten()[sel]).unsqueeze(1) + offsets
-        flat = torch.where(inside, flat, torch.zeros_like(flat))
-        sums[sel], _, _, grad_q[sel], key_grad = _block_terms(
-            sk_flat[flat].masked_fill(~inside, float("-inf")),
-            sq_blocks[sel],
-            tau[sel // nb],
-            mask_flat[flat] * inside.unsqueeze(2).to(dtype),
-            tail_blocks[sel],
-            QueryParams(None if weight_blocks is None else weight_blocks[sel], params.consts[sel // nb]),
+        offsets = all_offsets[: host_lengths[start]]
+        outside = offsets >= live_lengths[start:stop].unsqueeze(1)  # [nb', span]: past the block's window
+        # [nb', J, span] slots of each channel's mask (plane 0: the key slots), 0 outside the windows.
+        flat_planes = torch.where(outside.unsqueeze(1), 0, first_planes[start:stop] + offsets)
+        flat = flat_planes[:, 0]
+        # Slots outside a window hold key -inf: sigma = 0 and sigma' = 0 there, whatever their mask.
+        sums_live[start:stop], _, _, grad_q_live[start:stop], key_grad = _block_terms(
+            sk_flat[flat].masked_fill_(outside, float("-inf")),
+            sq_live[start:stop],
+            tau_live[start:stop],
+            mask_planes[flat_planes].transpose(1, 2),  # [nb', span, J], channel-major in memory
+            tail_live[start:stop],
+            QueryParams(None if weight_live is None else weight_live[start:stop], consts_live[start:stop]),
             objective,
             work,
-            None if self_blocks is None else Own(self_blocks[sel] - plan.lo.flatten()[sel].unsqueeze(1), False),
+            None if own_live is None else Own(own_live[start:stop], False),
             sizes.small_bmm,
         )
         grad_k.index_add_(0, flat.flatten(), key_grad.flatten().double())
+    sums[live], grad_q[live] = sums_live, grad_q_live
 
     ratios = sums.view(c, lq, n_ch).double() + tail
     value, slope = _evaluate(objective, ratios, params)
@@ -628,23 +688,38 @@ def _key_tail_grad(
     ``sizes.items`` slots at a time to bound the temporaries.
     """
     c, lk = zk.shape
-    items = sizes.items
+    lq, n_ch = zq.shape[1], slope.shape[2]
     query_side = _side(zq, half_width, sizes.count_cells)
-    tables = {
-        (ch, n): _sums(query_side, slope[..., ch], n) for ch in range(slope.shape[2]) for n in range(1, order + 1)
-    }
+    w = slope.permute(0, 2, 1).contiguous()  # [C, J, Lq]
+    # Per order, the sums of every query prefix ("up": queries below a key; "down": above it,
+    # on the negated, flipped queries), scaled to the upper edge of the prefix's last cell:
+    # [C, J, Lq + 1] each; a key then reads its prefix's entry (one gather per order).
+    every = torch.arange(lq + 1, device=zk.device).expand(c, lq + 1)
+    up_at, down_at = _probe(query_side.up, every), _probe(query_side.down, every)
+    tables = [
+        (_at(*up, up_at), _at(*down, down_at))
+        for up, down in zip(_tables(query_side.up, w, order), _tables(query_side.down, w.flip(2), order), strict=True)
+    ]
     out = zk.new_zeros(c, lk)
-    for start in range(0, lk, items):
-        stop = min(lk, start + items)
+    for start in range(0, lk, sizes.items):
+        stop = min(lk, start + sizes.items)
         slots = torch.arange(start, stop, device=zk.device).expand(c, -1).contiguous()
         after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
         before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
         x = zk[:, start:stop]
-        for (ch, n), sums_n in tables.items():
-            sign = 1.0 if n % 2 else -1.0
-            extra = _cells_needed(order, n)
-            part = (sums_n.above(after, x, n, extra) + sums_n.below(before, x, n, extra)).mul_(sign * n)
-            out[:, start:stop] += part.masked_fill_(~key_mask[:, start:stop, ch], 0.0)
+        above_cut = lq - after
+        above_scale, below_scale = _scale(query_side.down, above_cut, -x), _scale(query_side.up, before, x)
+        above_f, below_f = above_scale, below_scale  # scale ** n
+        above_idx = above_cut.unsqueeze(1).expand(c, n_ch, stop - start)
+        below_idx = before.unsqueeze(1).expand(c, n_ch, stop - start)
+        part = zk.new_zeros(c, n_ch, stop - start)
+        for n, (up, down) in enumerate(tables, 1):
+            if n > 1:
+                above_f, below_f = above_f * above_scale, below_f * below_scale
+            sign_n = n if n % 2 else -n
+            part.addcmul_(down.gather(2, above_idx), above_f.unsqueeze(1), value=sign_n)
+            part.addcmul_(up.gather(2, below_idx), below_f.unsqueeze(1), value=sign_n)
+        out[:, start:stop] = part.masked_fill_(~key_mask[:, start:stop].transpose(1, 2), 0.0).sum(1)
     return out
 
 
@@ -713,17 +788,17 @@ def pair_sums(
         A :class:`PairResult`; ``ratios`` are :math:`R_{c,i,J} = \sum_j m_{j,J} \sigma(z_j - q_i)`.
     """
     (m, c), device = scores.shape, scores.device
+    sizes = sizes_for(device, scores.dtype, c)
+    if c == 1:
+        single = _one_class(
+            scores, tau, key_channels, query_mask, weight, class_params, objective, queries_are_keys, sizes
+        )
+        if single is not None:
+            return single
     s_t = scores.detach().t()
     query_t = query_mask.t()
     n_ch = key_channels.shape[2]
     key_t = (key_channels[..., 0] if n_ch == 1 else key_channels.any(2)).t()  # one channel: a view
-    sizes = sizes_for(device, scores.dtype, c)
-    if c == 1 and sizes.one_class:
-        single = _one_class(
-            scores, s_t, tau, key_channels, key_t, query_t, weight, class_params, objective, queries_are_keys, sizes
-        )
-        if single is not None:
-            return single
     nq, nk = query_t.sum(1), key_t.sum(1)
     if c == 1:  # the one host read of the sizes; a single class is its own maximum and minimum
         lq, lk = torch.cat([nq, nk]).tolist()
@@ -758,7 +833,7 @@ def pair_sums(
     if queries_are_keys:  # with every row a key, a query's own key slot is its row
         own = Own(queries.rows, True) if all_keys else Own(_self_slots(keys.rows, keys.sizes, queries.rows, m), False)
     query_valid: Tensor | None = None
-    if c == 1 and dense:  # one class, dense: no padding slot, as in `_one_class` (GPU plan)
+    if c == 1 and dense:  # one class, dense: no padding slot
         query_w = None if weight is None else weight.double()[queries.rows]
         params = QueryParams(query_w, class_params.double().unsqueeze(1))
     else:
@@ -771,58 +846,98 @@ def pair_sums(
 
 def _one_class(
     scores: Tensor,
-    s_t: Tensor,
     tau: Tensor,
     key_channels: Tensor,
-    key_t: Tensor,
-    query_t: Tensor,
+    query_mask: Tensor,
     weight: Tensor | None,
     class_params: Tensor,
     objective: Objective,
     queries_are_keys: bool,
-    plan: Sizes,
+    sizes: Sizes,
 ) -> PairResult | None:
-    """:func:`pair_sums` of a single class small enough for :func:`_dense`; ``None`` if it is not.
+    """:func:`pair_sums` of a single class, every (query, key) pair in one block; ``None`` when that is too large.
 
-    Small pools are dominated by the fixed cost of each operation, and one class needs few:
-    each mask's ``nonzero`` yields its rows in pool order and, by its length, their number (the
-    host synchronisation the counts would cost anyway); no slot is padding, so no validity
-    mask is built and unweighted queries keep an implicit weight of 1; a single key channel
-    holding every key needs no mask at all. Same values as the general path.
+    Small pools are dominated by the fixed cost of each operation, and one class needs few. The
+    queries come from ``nonzero``, their number with them (the call's one host read); the keys
+    are every pool row, each weighed by its channel masks (0 outside every channel), so nothing
+    is counted, packed or padded. Under the CPU plan (``sizes.one_class``, where a host read is
+    free) keys that are never queries are packed by a second ``nonzero``: a pairwise pAUC's few
+    band negatives then make a small block. Same values as the general path.
 
     Args:
         scores: ``[M, 1]`` pool scores.
-        s_t: ``[1, M]`` their detached transpose.
         tau: ``[1]`` temperature.
         key_channels: ``[M, 1, J]`` bool key channels.
-        key_t: ``[1, M]`` bool keys (any channel).
-        query_t: ``[1, M]`` bool queries.
+        query_mask: ``[M, 1]`` bool queries.
         weight: Optional ``[M]`` query weights.
         class_params: ``[1, P]`` class constants of the objective.
         objective: See :data:`Objective`.
         queries_are_keys: As in :func:`pair_sums`.
-        plan: The call's kernel sizes.
+        sizes: The call's kernel sizes.
     """
-    query_rows, key_rows = _selected(query_t), _selected(key_t)
-    (lq, lk), m = query_rows.shape[1:] + key_rows.shape[1:], s_t.shape[1]
-    if lq * lk > plan.dense_max:
+    query_rows = query_mask.nonzero()[:, 0]
+    key_rows = None
+    if sizes.one_class and not queries_are_keys:
+        key_rows = (key_channels[:, 0, 0] if key_channels.shape[2] == 1 else key_channels.any(2)[:, 0]).nonzero()[:, 0]
+    keys = scores.shape[0] if key_rows is None else key_rows.shape[0]
+    if query_rows.shape[0] * keys > min(sizes.dense_max, sizes.chunk):  # not dense, or not one block
         return None
-    sizes = torch.tensor([lq, lk], device=s_t.device)
-    all_keys = lk == m  # the key rows are then 0..M-1: the scores need no gather
-    keys = SortedRows(s_t, key_rows, sizes[1:]) if all_keys else _gathered(s_t, key_rows, sizes[1:])
-    queries = _gathered(s_t, query_rows, sizes[:1])
-    key_mask = None
-    if key_channels.shape[2] > 1:
-        key_mask = key_channels.permute(1, 0, 2)  # [1, M, J]
-        key_mask = key_mask if all_keys else key_mask.index_select(1, key_rows[0])
-    own = None
-    if queries_are_keys:
-        own = Own(query_rows, True) if all_keys else Own(_self_slots(key_rows, sizes[1:], query_rows, m), False)
-    params = QueryParams(None if weight is None else weight.double()[query_rows], class_params.double().unsqueeze(1))
-    per_class, ratios = _PairSums.apply(
-        scores, tau, keys, key_mask, queries, params, objective, own, True, all_keys, plan
+    per_class, ratios = _OneClass.apply(
+        scores, tau, key_channels, query_rows, key_rows, weight, class_params, objective, queries_are_keys, sizes
     )
     return PairResult(per_class, ratios, None)  # no padding slot
+
+
+class _OneClass(torch.autograd.Function):
+    """Forward: sums, objective and gradient in one block (see :func:`_one_class`); backward: one product."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        scores: Tensor,
+        tau: Tensor,
+        key_channels: Tensor,
+        query_rows: Tensor,
+        key_rows: Tensor | None,
+        weight: Tensor | None,
+        class_params: Tensor,
+        objective: Objective,
+        queries_are_keys: bool,
+        sizes: Sizes,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        small = sizes.small_bmm
+        queries = scores.index_select(0, query_rows)  # [Lq, 1]
+        channels = key_channels[:, 0]  # [M, J]
+        keys = scores
+        if key_rows is not None:
+            keys, channels = scores.index_select(0, key_rows), channels.index_select(0, key_rows)
+        mask = channels.to(scores.dtype)  # [Lk, J]
+        with FlushDenormals(scores.device.type == "cpu" and not torch.compiler.is_compiling()):
+            # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
+            sig = (keys.t() - queries).div_(tau)  # [Lq, Lk]
+            flip = torch.neg(sig).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
+            ratios = _mm(sig.sigmoid_(), mask, small).double()  # [Lq, J]
+            query_w = None if weight is None else weight.double().index_select(0, query_rows)
+            value, slope = _evaluate(objective, ratios, QueryParams(query_w, class_params.double()))
+            slope = slope.to(sig.dtype)
+            sig.mul_(flip)  # sigma' = sigma(d) sigma(-d), accurate even where sigma(d) rounds to 1
+            if queries_are_keys:  # its pair with itself: the sigmoid is summed, the derivative left out
+                sig.scatter_(1, query_rows.unsqueeze(1), 0.0)
+            # d value / d z: + on the keys, - on the queries
+            grad = _channel_sum(_mm(sig.t(), slope, small).mul_(mask))
+            if key_rows is not None:
+                grad = grad.new_zeros(scores.shape[0]).index_add_(0, key_rows, grad)
+            query_grad = _channel_sum(_mm(sig, mask, small).mul_(slope))
+            ctx.grad = grad.index_add_(0, query_rows, query_grad, alpha=-1.0).div_(tau).unsqueeze(1)
+        ctx.mark_non_differentiable(ratios)
+        return value.sum(0, keepdim=True).to(scores.dtype), ratios.unsqueeze(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, _unused: Any) -> tuple[Tensor | None, ...]:
+        grad = None if grad_out is None else ctx.grad * grad_out
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def _gathered(s_t: Tensor, rows: Tensor, sizes: Tensor) -> SortedRows:

@@ -52,8 +52,9 @@ class KernelPlan:
             a selection with host-side planning (a few synchronisations).
         host_quantiles: A single column of at most ``sort_max`` rows takes the host road of the
             quantiles (its size comes back with its members: a free read on the CPU only).
-        one_class: A single-class pair problem finds its members with ``nonzero`` (their number
-            comes with them) instead of counting and packing; a free read on the CPU only.
+        one_class: A single-class pair problem packs its keys with a second ``nonzero`` when
+            they are never queries (a pairwise pAUC's band negatives: a smaller block), and the
+            general road packs a single row with ``nonzero``; a free read on the CPU only.
         compact_pool: Rows that take part in no class (``ignore_index``, empty queue slots)
             are removed from the pool before the losses run (a ``nonzero``: smaller pools on
             the CPU; on a GPU the masks exclude them at no synchronisation).
@@ -63,6 +64,11 @@ class KernelPlan:
         count_cells: The exponential tails' prefix-sum tables get one column per occupied cell
             of the sorted scores, a number read on the host (a free read on the CPU, and tables
             far smaller than the pool); otherwise one per score (a static bound, no read).
+        narrow_window: The pair kernel evaluates exactly only the pairs within a narrow window
+            and leaves the rest to a longer exponential series (fewer pair terms, more prefix
+            sums: cheaper where arithmetic is the cost); otherwise a wide window and a short
+            series (fewer operations). Same error bound either way (see
+            :func:`~imbalanced_losses.functional._pairs.window_and_order`).
     """
 
     name: str
@@ -81,6 +87,7 @@ class KernelPlan:
     chunk_max: int = 1 << 28
     items_elements: int = 0
     count_cells: bool = False
+    narrow_window: bool = False
 
     def chunk_terms(self, device: torch.device, itemsize: int) -> int:
         """Pair terms per chunk on ``device`` for scores of ``itemsize`` bytes (two work buffers per term).
@@ -117,6 +124,7 @@ PLANS: dict[str, KernelPlan] = {
         small_bmm=1 << 15,
         threshold_block=1 << 22,
         count_cells=True,
+        narrow_window=True,
     ),
     "cuda": KernelPlan(
         name="cuda",

@@ -49,9 +49,8 @@ def normalize_targets(
         return to_class_ids(targets, num_classes=num_classes, ignore_index=ignore_index, validate_args=validate_args)
     if binary01:  # already int64 ids in {0, 1}: mapping them would copy them unchanged
         return targets
-    ignored = targets == ignore_index
-    ids = (targets != 0).long()
-    return ids.masked_fill(ignored, ignore_index)
+    # ignore_index kept, every other non-zero target a positive: int64 (bool promotes)
+    return torch.where(targets == ignore_index, targets.long(), targets != 0)
 
 
 def binary_target_message(values: list[float]) -> str:
@@ -88,16 +87,22 @@ class Pool(NamedTuple):
     pos: Tensor  # [M, C] bool
     neg: Tensor  # [M, C] bool
     weight: Tensor | None  # [M] float or None (unweighted)
+    # Known on the host: every row is a positive or a negative of every class (no ignored row
+    # or cell), so a class's members are all M rows (False: unknown).
+    all_rows: bool = False
 
 
-def make_pool(scores: Tensor, ids: Tensor, weight: Tensor | None, ignore_index: int) -> Pool:
-    """Assemble a :class:`Pool` from scores ``[M, C]``, normalised ids ``[M]`` and optional weights."""
+def make_pool(scores: Tensor, ids: Tensor, weight: Tensor | None, ignore_index: int, *, all_rows: bool = False) -> Pool:
+    """Assemble a :class:`Pool` from scores ``[M, C]``, normalised ids ``[M]`` and optional weights.
+
+    ``all_rows`` promises that no row is an ``ignore_index`` row (ignored for multi-hot ids).
+    """
     dtype = compute_dtype(scores)
     scores = scores.to(dtype)
     pos, neg = class_masks(ids, scores.shape[1], ignore_index)
     if weight is not None:
         weight = weight.to(device=scores.device, dtype=dtype)
-    return Pool(scores, pos, neg, weight)
+    return Pool(scores, pos, neg, weight, all_rows and ids.ndim == 1)
 
 
 class Batch(NamedTuple):

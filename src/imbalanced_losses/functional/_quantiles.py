@@ -6,7 +6,6 @@ mask), with :func:`torch.quantile`'s values exactly, from the order statistics t
 
 from __future__ import annotations
 
-import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._constants import device_constant
 from ._plan import PLANS, kernel_plan, override
 
 
@@ -31,7 +31,7 @@ def masked_column_quantiles(
     :mod:`._plan`) takes a shorter road to the same values: its
     members are gathered and sorted, their number ``n`` comes back with them (a free host
     synchronisation on the CPU), and the ranks ``levels * (n - 1)`` are formed on the host
-    (:func:`_host_quantiles`). Small pools are dominated by the fixed cost of each operation,
+    (:func:`sorted_column_quantiles`). Small pools are dominated by the fixed cost of each operation,
     and this road has a fraction of them.
 
     Args:
@@ -62,34 +62,24 @@ def masked_column_quantiles(
         counts = torch.full((1,), n, dtype=torch.long)
         if n == 0:
             return x.new_full((len(levels), 1), float("nan")), counts
-        return _host_quantiles(column.sort().values, levels, interpolation).unsqueeze(1), counts
-    if not isinstance(levels, Tensor):
-        levels = _levels(tuple(levels), x.dtype, x.device)
+        return sorted_column_quantiles(column.sort().values, levels, interpolation).unsqueeze(1), counts
+    # [L, 1] levels in x's dtype
+    if isinstance(levels, Tensor):
+        levels = levels.unsqueeze(1)
+    else:
+        levels = device_constant(tuple((float(q),) for q in levels), x.dtype, x.device)
     counts = member.sum(0)
     if m == 0:
         return x.new_full((levels.shape[0], c), float("nan")), counts
-    last = (counts - 1).clamp_min(0).to(x.dtype)
-    ranks = levels.unsqueeze(1) * last.unsqueeze(0)  # [L, C], in x's dtype as torch.quantile does
-    values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
-    values = values.masked_fill((counts == 0).unsqueeze(0), float("nan"))
-    return values, counts
-
-
-def _levels(levels: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``levels`` as a tensor on ``device``, made once per (levels, dtype, device) and then reused.
-
-    Building it at every call would be a blocking host-to-device copy on a GPU. Under
-    ``torch.compile`` a fresh constant is made (the tracer folds it), and under inference mode
-    too (an inference tensor may not enter a later autograd graph).
-    """
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-        return torch.tensor(levels, dtype=dtype, device=device)
-    return _cached_levels(levels, dtype, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_levels(levels: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(levels, dtype=dtype, device=device)
+    # [L, C] in x's dtype, as torch.quantile forms them (the integer count is converted, then multiplied)
+    ranks = levels * (counts - 1).clamp_min(0)
+    if m <= override(SORT_MAX, PLANS["cpu"].sort_max, plan.sort_max):  # sort each column in place: no transposes
+        values = _interpolate(
+            ranks, interpolation, lambda ranks: x.masked_fill(~member, float("inf")).sort(dim=0).values.gather(0, ranks)
+        )
+    else:
+        values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
+    return values.masked_fill(counts == 0, float("nan")), counts
 
 
 def _round_float32(value: float) -> float:
@@ -101,35 +91,43 @@ def _round_float32(value: float) -> float:
 _ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
 
 
-def _host_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], interpolation: str) -> Tensor:
-    """:func:`torch.quantile` of the sorted 1-D ``ordered`` at ``levels``, ranks formed on the host: ``[L]``.
+def sorted_column_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], interpolation: str) -> Tensor:
+    """:func:`torch.quantile` of each column of ``ordered`` at ``levels``, ranks formed on the host: ``[L, ...]``.
 
-    ``torch.quantile`` forms the rank ``level * (n - 1)`` in the input's dtype: the exact
+    ``ordered`` is sorted ascending along its first axis (``[n]`` or ``[n, C]``), every row a
+    member. ``torch.quantile`` forms the rank ``level * (n - 1)`` in the input's dtype: the exact
     product of two values of that dtype, rounded once. The same rounding of the exact double
     product (a float32 product has at most 48 significant bits) gives the same rank, and
     floor/ceil/round-half-even on it the same indices, so this costs one indexing operation
-    (two and a ``lerp`` when interpolating) instead of four or five tensor operations.
+    (and a ``lerp`` when interpolating) instead of the rank arithmetic's five or six; the index
+    and weight tensors are made once per ``(n, levels)`` and device (:mod:`._constants`).
     """
     dtype, n = ordered.dtype, ordered.shape[0]
-    to_dtype = _ROUNDING[dtype]
     values = levels.tolist() if isinstance(levels, Tensor) else levels
+    if n == 0:
+        return ordered.new_full((len(values), *ordered.shape[1:]), float("nan"))
+    to_dtype = _ROUNDING[dtype]
     ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in values]
     if interpolation in ("linear", "midpoint"):
         below = [math.floor(r) for r in ranks]
         above = [math.ceil(r) for r in ranks]
         # r - floor(r) is exact in r's dtype: the same weights as the tensor arithmetic
         weights = [0.5 if interpolation == "midpoint" else r - b for r, b in zip(ranks, below, strict=True)]
-        picked = ordered.index_select(0, torch.tensor(below + above))
-        return torch.lerp(picked[: len(ranks)], picked[len(ranks) :], torch.tensor(weights, dtype=dtype))
+        picked = ordered.index_select(0, device_constant(tuple(below + above), torch.long, ordered.device))
+        trailing = (1,) * (ordered.ndim - 1)  # the weights broadcast over the columns
+        lerp_weights = device_constant(tuple(weights), dtype, ordered.device)
+        if trailing:
+            lerp_weights = lerp_weights.view(len(weights), *trailing)
+        return torch.lerp(picked[: len(ranks)], picked[len(ranks) :], lerp_weights)
     if interpolation == "lower":
         index = [math.floor(r) for r in ranks]
     elif interpolation == "higher":
         index = [math.ceil(r) for r in ranks]
     else:  # "nearest": Python's round() on a float is round-half-even, like torch.round
         index = [round(r) for r in ranks]
-    if len(index) == 1:  # a view: no operation at all
+    if len(index) == 1:  # a view: no indexing operation
         return ordered.narrow(0, index[0], 1)
-    return ordered.index_select(0, torch.tensor(index))
+    return ordered.index_select(0, device_constant(tuple(index), torch.long, ordered.device))
 
 
 def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Tensor]) -> Tensor:

@@ -64,7 +64,7 @@ def reduce_valid(
     out whenever the per-class loss is itself connected to the graph (the same values and
     gradients, with fewer operations forward and backward).
     """
-    kept = torch.where(result.valid, result.loss, 0.0)
+    kept = result.loss * result.valid  # the placeholders of invalid classes are finite: exactly 0
     if class_weight is None:  # weights 1 on the valid classes: nothing to multiply; den counts them
         if kept.shape[0] == 1:  # one class: its loss or 0 is the sum, and the mean too (a count of 1)
             return _anchored(kept.reshape(()), result, anchor, checked_finite)

@@ -36,7 +36,7 @@ def run_functional(
     check_choice("reduction", reduction, REDUCTIONS)
     check_bool("return_per_class", return_per_class)
     check_bool("return_diagnostics", return_diagnostics)
-    logits, ids, weight, _ = validate_batch(
+    logits, ids, weight, all_kept = validate_batch(
         logits,
         targets,
         sample_weight,
@@ -46,7 +46,7 @@ def run_functional(
         warn=lambda key, message: warn(message),
     )
     weights = check_class_weight(class_weight, logits.shape[1])
-    result = run_on_classes(core, make_pool(logits, ids, weight, ignore_index), weights)
+    result = run_on_classes(core, make_pool(logits, ids, weight, ignore_index, all_rows=all_kept), weights)
     if on_result is not None:
         on_result(result)
     return package(

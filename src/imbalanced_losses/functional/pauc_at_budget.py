@@ -14,11 +14,11 @@ from ._arith import class_sum, safe_divide, safe_reciprocal
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
 from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
-from ._pool import Pool, flagged, row_mask, select_pairs
+from ._pool import Pairs, Pool, entries, flagged, row_mask, select_pairs
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles
 from ._reduce import RankingResult
 from ._run import run_functional
-from ._threshold_grad import attach_thresholds
+from ._soft_threshold import Knots, soft_crossings
 
 SURROGATES = ("trapezoid", "pairwise")
 TAU_SCALES = ("iqr", "band")
@@ -100,61 +100,63 @@ def pauc_at_budget_core(
     ``iid`` and ``live`` are ``[M]`` bool row flags, ``None`` for every row. See
     :func:`pauc_at_budget_loss` for the math.
     """
-    scores, pos, neg, weight = pool
+    scores, pos, neg, weight = pool.scores, pool.pos, pool.neg, pool.weight
     dtype = scores.dtype
-    s = scores.detach()
+    c = scores.shape[1]
     neg_iid = flagged(neg, iid)
     numer = pos if pos_numerator == "pool" else flagged(pos, live)
-    ref = neg_iid if budget_basis == "fpr" else flagged(pos | neg, iid)
-
-    # One selection pass resolves every threshold of every class: band edges, knots, quartiles.
-    levels = _knot_levels(alpha, beta, n_knots) if surrogate == "trapezoid" else [1.0 - alpha, 1.0 - beta]
-    if tau_scale == "iqr":
-        levels += [0.75, 0.25]
-    qs, _ = masked_column_quantiles(s, ref, levels, interpolation)
-    t_beta_level = n_knots - 1 if surrogate == "trapezoid" else 1
-
-    def dispersion(q: Tensor) -> Tensor:  # [C]: the inter-quartile range or the band width
-        return q[-2] - q[-1] if tau_scale == "iqr" else q[0] - q[t_beta_level]
-
-    if surrogate == "trapezoid" and not detach_thresholds:  # knots and scale pass their gradient on
-        spread = dispersion(qs)
-        qs = attach_thresholds(scores, qs, ref & neg, temperature * torch.where(spread > MIN_DISPERSION, spread, 1.0))
-    t_alpha, t_beta, scale = qs[0], qs[t_beta_level], dispersion(qs)
-
-    c = scores.shape[1]
-    n_numer = numer.sum(0)  # = bincount(pairs.cls), without a data-dependent shape
-    if surrogate == "trapezoid" or weight is not None:
-        pairs = select_pairs(numer, scores, weight)
-        den = pairs.total_weight(n_numer, dtype)
-    else:  # unweighted pairwise: the pair kernel takes the positives from the mask, den is their count
-        den = n_numer.to(dtype)
-    # den > 0 implies a numerator positive, hence a positive: those tests are implied.
-    gated = neg_iid.any(0) & (den > 0)
-    dispersed = scale > MIN_DISPERSION
-    degenerate = gated & ~dispersed
-    valid = gated & dispersed
-    tau_eff = temperature * scale
-    tau_safe = torch.where(valid, tau_eff, 1.0)
-    if surrogate == "pairwise" or diagnostics:
-        in_band = (s >= torch.nan_to_num(t_beta, nan=0.0)) & (s <= torch.nan_to_num(t_alpha, nan=0.0))
+    iqr = tau_scale == "iqr"
+    population = budget_basis == "population"
+    ref = flagged(pos | neg, iid) if population else neg_iid
 
     if surrogate == "trapezoid":
-        knots = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
-        omega = torch.ones(n_knots, dtype=dtype, device=s.device)
-        omega[:: n_knots - 1].fill_(0.5)  # the two end knots (a strided view: no host-to-device copy)
-        sig = torch.sigmoid(
-            (pairs.scores.unsqueeze(1) - pairs.per_entry(knots)) / pairs.per_entry(tau_safe).unsqueeze(1)
+        knots = Knots(
+            levels=(*_knot_levels(alpha, beta, n_knots), *((0.75, 0.25) if iqr else ())),
+            weights=tuple(
+                0.5 / (n_knots - 1) if k in (0, n_knots - 1) else 1.0 / (n_knots - 1) for k in range(n_knots)
+            ),
+            scale=(n_knots, n_knots + 1) if iqr else (0, n_knots - 1),
         )
-        contrib = (sig * omega).sum(1) / (n_knots - 1)  # [P]: v_i, the band-mean soft TPR of positive i
-        pauc = safe_divide(pairs.weighted_sum(contrib, c), den)
-        v, v_cls = contrib.detach(), pairs.cls
+        every_row = pool.all_rows and c == 1 and population and iid is None
+        crossings = soft_crossings(
+            scores,
+            ref=None if every_row else ref,  # None: every row, known on the host
+            numer=numer,
+            spread=None if detach_thresholds else (ref & neg if population else ref),  # the negatives among them
+            weight=weight,
+            knots=knots,
+            temperature=temperature,
+            interpolation=interpolation,
+            keep_crossing=diagnostics,
+        )
+        loss, qs, den, tau_eff = crossings.loss, crossings.thresholds, crossings.den, crossings.tau
+        dispersed = ~crossings.flat
+        t_alpha, t_beta = qs[0], qs[n_knots - 1]
     else:
+        # One selection pass resolves every threshold of every class: band edges and quartiles.
+        levels = [1.0 - alpha, 1.0 - beta, *((0.75, 0.25) if iqr else ())]
+        t_alpha, t_beta, *quartiles = masked_column_quantiles(scores, ref, levels, interpolation)[0].unbind(0)
+        scale = quartiles[0] - quartiles[1] if iqr else t_alpha - t_beta
+        dispersed = scale > MIN_DISPERSION
+        tau_eff = temperature * scale
+        n_numer = numer.sum(0)
+        if weight is not None:
+            den = select_pairs(numer, scores, weight).total_weight(n_numer, dtype)
+        else:  # unweighted: the pair kernel takes the positives from the mask, den is their count
+            den = n_numer.to(dtype)
+    # den > 0 implies a numerator positive, hence a positive: those tests are implied.
+    gated = neg_iid.any(0) & (den > 0)
+    degenerate = gated & ~dispersed
+    valid = gated & dispersed
+    if surrogate == "pairwise" or diagnostics:  # a nan threshold (no reference row) leaves the band empty
+        in_band = (scores >= t_beta) & (scores <= t_alpha)
+
+    if surrogate == "pairwise":
+        tau_safe = torch.where(valid, tau_eff, 1.0)
         band = neg & in_band  # every pooled negative in the band, iid or not
         n_band = band.sum(0)
         valid = valid & (n_band > 0)
-        counts = torch.stack([den, n_band.to(dtype)], 1)
-        class_params = safe_reciprocal(counts)  # (1 / den, 1 / |B|)
+        class_params = safe_reciprocal(torch.stack([den, n_band.to(dtype)], 1))  # (1 / den, 1 / |B|)
         out = pair_sums(
             scores,
             tau_safe,
@@ -165,12 +167,21 @@ def pauc_at_budget_core(
             _pairwise_objective,
             queries_are_keys=False,
         )
-        pauc = out.per_class
+        loss = 1.0 - out.per_class
 
     if not diagnostics:
-        return RankingResult(1.0 - pauc, valid, None, degenerate)
+        return RankingResult(loss, valid, None, degenerate)
+    s = scores.detach()
     if surrogate == "trapezoid":  # (numerator positive, knot) terms
-        saturated = saturated_threshold_fraction(pairs, knots.detach(), SATURATION * tau_safe.detach(), c)
+        n_numer = numer.sum(0)
+        cls, rows = numer.t().nonzero(as_tuple=True)
+        tau_safe = torch.where(valid, tau_eff, 1.0)
+        knot_values = torch.nan_to_num(qs[:n_knots], nan=0.0).t()  # [C, K]
+        saturated = saturated_threshold_fraction(
+            Pairs(cls, entries(s, rows, cls), None), knot_values, SATURATION * tau_safe, c
+        )
+        assert crossings.crossing is not None
+        v, v_cls = entries(crossings.crossing, rows, cls), cls
     else:  # (numerator positive, band negative) pairs
         saturated = saturated_pair_fraction(scores, numer, band, SATURATION * tau_safe, exclude_self=False)
         # Each positive's share of the band negatives below it.
@@ -190,7 +201,7 @@ def pauc_at_budget_core(
         "pauc": partial_auc_from_masks(s, pos, neg, alpha=alpha, beta=beta, normalize="band"),
         "saturated_fraction": torch.where(valid, saturated, nan),
     }
-    return RankingResult(1.0 - pauc, valid, stats, degenerate)
+    return RankingResult(loss, valid, stats, degenerate)
 
 
 def pauc_at_budget_loss(

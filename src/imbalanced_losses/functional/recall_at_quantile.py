@@ -9,14 +9,12 @@ import torch
 from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
-from ._arith import safe_divide
 from ._diagnostics import SATURATION, pool_stats, saturated_threshold_fraction
 from ._exact_metrics import recall_at_quantile_from_masks
 from ._pool import Pool, select_pairs
-from ._quantiles import MIN_DISPERSION, masked_column_quantiles
 from ._reduce import RankingResult
 from ._run import run_functional
-from ._threshold_grad import attach_thresholds
+from ._soft_threshold import Knots, soft_crossings
 
 #: ``temperature`` units: a multiple of the pool's inter-quartile range, or logits (0.6). A
 #: class whose inter-quartile range is at most ``MIN_DISPERSION`` takes it in logits.
@@ -39,43 +37,41 @@ def recall_at_quantile_core(
     temperature) are taken over every row of the pool that takes part in ``c`` (positives and
     negatives alike), with :func:`torch.quantile`'s interpolation rules; unless
     ``detach_thresholds``, their gradient reaches the negatives around them
-    (:func:`~imbalanced_losses.functional._threshold_grad.attach_thresholds`).
+    (:mod:`~imbalanced_losses.functional._soft_threshold`).
     With ``diagnostics`` the result carries the pool counts, ``threshold``, ``tau_eff``, the exact
     ``recall`` (:func:`imbalanced_losses.metrics.recall_at_quantile` on the pool) and the
     ``saturated_fraction`` of the positives' sigmoid terms, each ``[C]``.
     """
-    scores, pos, neg, weight = pool
-    member = pos | neg
-    iqr = tau_scale == "iqr"
-    levels = [1.0 - quantile, 0.75, 0.25] if iqr else [1.0 - quantile]
-    quantiles, _ = masked_column_quantiles(scores, member, levels, interpolation)  # [L, C], nan if empty
-
-    def effective_tau(q: Tensor) -> Tensor:  # [C]; logit units where the pool does not spread
-        if not iqr:
-            return torch.ones_like(q[0]) * temperature  # a float or a 0-d tensor (no host sync)
-        spread = q[1] - q[2]
-        return temperature * torch.where(spread > MIN_DISPERSION, spread, 1.0)
-
-    tau = effective_tau(quantiles)
-    if not detach_thresholds:  # the threshold's (and the scale's) gradient reaches the negatives around it
-        quantiles = attach_thresholds(scores, quantiles, neg, tau)
-        tau = effective_tau(quantiles)
-    theta = torch.nan_to_num(quantiles[0], nan=0.0)  # [C]; empty columns are invalid anyway
-    pairs = select_pairs(pos, scores, weight)  # only positives enter the numerator
-    soft_hits = torch.sigmoid((pairs.scores - pairs.per_entry(theta)) / pairs.per_entry(tau))
+    scores, pos, neg, weight = pool.scores, pool.pos, pool.neg, pool.weight
     c = scores.shape[1]
-    den = pairs.total_weight(pos.sum(0), scores.dtype)
-    recall = safe_divide(pairs.weighted_sum(soft_hits, c), den)
-    valid = den > 0  # implies a positive
+    iqr = tau_scale == "iqr"
+    knots = Knots(
+        levels=(1.0 - quantile, 0.75, 0.25) if iqr else (1.0 - quantile,), weights=(1.0,), scale=(1, 2) if iqr else None
+    )
+    out = soft_crossings(
+        scores,
+        ref=None if pool.all_rows and c == 1 else pos | neg,  # None: every row, known on the host
+        numer=pos,  # only positives enter the numerator
+        spread=None if detach_thresholds else neg,  # the thresholds' gradient reaches the negatives
+        weight=weight,
+        knots=knots,
+        temperature=temperature,
+        interpolation=interpolation,
+    )
+    valid = out.den > 0  # implies a positive
     if not diagnostics:
-        return RankingResult(1.0 - recall, valid)
+        return RankingResult(out.loss, valid)
     stats = pool_stats(pool)
-    stats["threshold"] = quantiles[0].detach()
-    stats["tau_eff"] = torch.where(valid, tau.detach(), torch.full_like(tau, float("nan")))
+    theta = out.thresholds[0]
+    stats["threshold"] = theta
+    stats["tau_eff"] = torch.where(valid, out.tau, float("nan"))
     stats["recall"] = recall_at_quantile_from_masks(scores, pos, neg, quantile=quantile, interpolation=interpolation)
-    width = SATURATION * tau.detach()
-    stats["saturated_fraction"] = saturated_threshold_fraction(pairs, theta.detach().unsqueeze(1), width, c)
-    return RankingResult(1.0 - recall, valid, stats)
+    pairs = select_pairs(pos, scores.detach(), weight)
+    width = SATURATION * out.tau
+    stats["saturated_fraction"] = saturated_threshold_fraction(
+        pairs, torch.nan_to_num(theta, nan=0.0).unsqueeze(1), width, c
+    )
+    return RankingResult(out.loss, valid, stats)
 
 
 def recall_at_quantile_loss(

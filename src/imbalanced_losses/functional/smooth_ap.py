@@ -43,7 +43,7 @@ def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool
     kernel :func:`~imbalanced_losses.functional._pairs.pair_sums` (no ``[|P|, M]`` tensor).
     With ``diagnostics`` the result carries :func:`smooth_ap_stats`.
     """
-    scores, pos, neg, weight = pool
+    scores, pos, neg, weight = pool.scores, pool.pos, pool.neg, pool.weight
     den = positive_weights(pos, weight, scores.dtype).sum(0)
     tau = scores.new_ones(scores.shape[1]) * temperature  # a float or a 0-d tensor (no host sync)
     has_weight = den > 0  # den > 0 implies a positive

@@ -1,0 +1,245 @@
+r"""Soft crossings of quantile thresholds: the shared kernel of the recall and trapezoid pAUC losses.
+
+Both losses score the positives of each class against a few quantile thresholds (*knots*) of
+the class's reference rows, with a temperature scaled by a spread of the same rows:
+
+.. math::
+    L_c = 1 - \frac{\sum_{i \in P_c} w_i \sum_k \omega_k\, \sigma\!\left((s_i - t_{c,k})/\tau_c\right)}
+                   {\sum_{i \in P_c} w_i},
+    \qquad \tau_c = \tau \cdot (t_{c,h} - t_{c,l}) \text{ (or } \tau \text{ when that spread is below } \epsilon)
+
+with knot weights :math:`\omega_k` summing to one (recall: one knot; trapezoid: the trapezoid
+rule over the band) and :math:`(h, l)` two levels (the quartiles, or the band edges); without a
+scale, :math:`\tau_c = \tau` in logits.
+
+**The thresholds' gradient.** Taken as constants (``detach``), the thresholds let the surrogate
+lift positives but never lower a negative: every step pushes the scores up, the thresholds
+follow, and the logit scale runs away. Here a threshold keeps its exact value but passes its
+gradient on to the rows around it, as the implicit derivative of a kernel-smoothed quantile
+does. For the smoothed quantile :math:`\theta` of a column, defined by
+:math:`\sum_j \sigma((s_j - \theta)/h) = \text{const}` over the member rows,
+
+.. math::
+    \frac{\partial \theta}{\partial s_j} = \frac{\sigma'((s_j - \theta)/h)}{\sum_k \sigma'((s_k - \theta)/h)}
+    = \operatorname{softmax}_j \log \sigma'((s_j - \theta)/h),
+
+a weight distribution over the members (it sums to one, so a common shift of every member
+moves the threshold by as much), with the width :math:`h = \tau_c`. As a softmax of
+:math:`\log \sigma'(x) = -|x| - 2\log(1 + e^{-|x|})` it stays defined when every member lies
+many widths away: the nearest one then takes the whole gradient, the derivative of the exact
+order statistic. The losses pass the *negatives* that take part in a threshold as its members
+(``spread``). A positive at the cut would otherwise be pushed down by the whole pool's demand
+on the threshold, more than its own term lifts it; trained from scratch with a sharp
+temperature, that sank the positives below chance. On the negatives alone the pair "positives
+up, negatives at the cut down" is the pairwise contrast that keeps the pairwise pAUC surrogate
+healthy.
+
+**One pass.** The objective is known in the forward pass, so :class:`_SoftThreshold` forms its
+gradient there, in closed form, and the backward pass is one product: a fraction of the
+operations autograd would dispatch through the same formula (the cost of a loss call on a
+GPU), and nothing of the ``[K, M, C]`` temporaries is kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.nn.functional import softplus
+
+from ._arith import FlushDenormals
+from ._constants import device_constant
+from ._plan import PLANS, kernel_plan, override
+from ._quantiles import MIN_DISPERSION, masked_column_quantiles, sorted_column_quantiles
+
+#: Elements of the ``[levels, C, M]`` block of threshold weights formed at once: the CPU plan's
+#: value (:mod:`._plan`); another value set here overrides every plan.
+BLOCK_ELEMENTS = PLANS["cpu"].threshold_block
+
+
+class Knots(NamedTuple):
+    r"""Where the thresholds sit and how they enter a loss.
+
+    Attributes:
+        levels: Quantile levels of the thresholds, the ``K`` knots first.
+        weights: ``K`` knot weights :math:`\omega_k` (they sum to one).
+        scale: ``(h, l)``: the temperature is scaled by ``t_h - t_l``; ``None``: logit units.
+    """
+
+    levels: tuple[float, ...]
+    weights: tuple[float, ...]
+    scale: tuple[int, int] | None
+
+
+class Crossings(NamedTuple):
+    """The kernel's result, per class ``[C]`` (``thresholds [L, C]``); only ``loss`` carries a gradient."""
+
+    loss: Tensor  # 1 - the weighted mean soft crossing of the positives
+    den: Tensor  # the positives' total weight (0: no positive)
+    thresholds: Tensor  # exact quantile values, nan for a class without reference rows
+    tau: Tensor  # the effective temperature
+    flat: Tensor  # bool: the scale is at most MIN_DISPERSION (tau is then in logits); False without a scale
+    crossing: Tensor | None  # [M, C] each row's knot-weighted soft crossing, when asked for
+
+
+def soft_crossings(
+    scores: Tensor,
+    *,
+    ref: Tensor | None,
+    numer: Tensor,
+    spread: Tensor | None,
+    weight: Tensor | None,
+    knots: Knots,
+    temperature: float | Tensor,
+    interpolation: str,
+    keep_crossing: bool = False,
+) -> Crossings:
+    r"""The loss of every class at once (see the module docstring), with its gradient formed in the forward pass.
+
+    Args:
+        scores: ``[M, C]`` pool scores (carry the graph).
+        ref: ``[M, C]`` bool rows that define the thresholds; ``None``: every row (a single
+            column's thresholds are then read at ranks formed on the host).
+        numer: ``[M, C]`` bool positives scored against the knots.
+        spread: ``[M, C]`` bool rows the thresholds' gradient reaches; ``None``: the thresholds
+            are constants.
+        weight: ``[M]`` sample weights of the positives, or ``None``.
+        knots: The levels, knot weights and scale.
+        temperature: :math:`\tau`, a float or a 0-d tensor.
+        interpolation: :func:`torch.quantile`'s interpolation of the thresholds.
+        keep_crossing: Also return each row's soft crossing (diagnostics).
+    """
+    with torch.no_grad():
+        if ref is None:
+            thresholds = sorted_column_quantiles(scores.sort(dim=0).values, knots.levels, interpolation)
+        else:
+            thresholds = masked_column_quantiles(scores, ref, knots.levels, interpolation)[0]
+    finite = ref is None and scores.shape[0] > 0  # every threshold is a score: no nan to replace
+    loss, den, tau, flat, crossing = _SoftThreshold.apply(
+        scores, thresholds, numer, spread, weight, knots, temperature, finite, keep_crossing
+    )
+    return Crossings(loss, den, thresholds, tau, flat, crossing)
+
+
+class _SoftThreshold(torch.autograd.Function):
+    """Forward: the loss and its gradient in closed form; backward: one product."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        scores: Tensor,
+        thresholds: Tensor,
+        numer: Tensor,
+        spread: Tensor | None,
+        weight: Tensor | None,
+        knots: Knots,
+        temperature: float | Tensor,
+        finite: bool,
+        keep_crossing: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        ctx.set_materialize_grads(False)  # the outputs other than the loss get no gradient to build
+        k = len(knots.weights)
+        # A class without reference rows (nan thresholds) is invalid anyway: any finite value serves.
+        t = thresholds if finite else torch.nan_to_num(thresholds, nan=0.0)
+        rows = t.unbind(0)
+        if knots.scale is None:
+            tau, flat = torch.ones_like(rows[0]) * temperature, torch.zeros_like(rows[0], dtype=torch.bool)
+        else:
+            high, low = knots.scale
+            scale = rows[high] - rows[low]
+            flat = scale <= MIN_DISPERSION
+            tau = scale.masked_fill(flat, 1.0) * temperature
+        inv_tau = tau.reciprocal()
+        # Each positive against each knot, in temperatures: [M, C], or [K, M, C] for several knots.
+        z = (scores - rows[0]) * inv_tau if k == 1 else (scores - t[:k].unsqueeze(1)) * inv_tau
+        h = torch.sigmoid(z)
+        wp = numer.to(scores.dtype) if weight is None else numer * weight.unsqueeze(1)
+        den = wp.sum(0)
+        inv_den = den.masked_fill(den <= 0, 1.0).reciprocal()
+        if k == 1:
+            hw = crossing = h
+        else:  # the knot weights, shaped [K, 1, 1]
+            omega = device_constant(tuple((w,) for w in knots.weights), scores.dtype, scores.device)
+            hw = h * omega.unsqueeze(2)
+            crossing = hw.sum(0)
+        # The sum over the rows comes last, as one reduction of [M, C] whatever K is: rows that
+        # take part in no class (kept or dropped by the caller) then cannot change its rounding.
+        crossing_p = crossing * wp
+        loss = 1.0 - crossing_p.sum(0) * inv_den
+        hwp = crossing_p if k == 1 else hw * wp
+        ctx.mark_non_differentiable(den, tau, flat)
+        ctx.grad = None
+        if ctx.needs_input_grad[0]:
+            # a = -d loss / d s_i for each (knot, positive): omega_k w_i sigma'(z) / (den tau).
+            a = (hwp - hwp * h) * (inv_den * inv_tau)
+            a_rows = a if k == 1 else a.sum(0)
+            ctx.grad = (
+                -a_rows
+                if spread is None
+                else _threshold_part(scores, t, spread, knots, a, z, inv_tau, flat, temperature).sub_(a_rows)
+            )
+        return loss, den, tau, flat, (crossing if keep_crossing else None)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+        grad = None if ctx.grad is None or grad_loss is None else grad_loss * ctx.grad
+        return grad, None, None, None, None, None, None, None, None
+
+
+def _threshold_part(
+    scores: Tensor,
+    t: Tensor,
+    spread: Tensor,
+    knots: Knots,
+    a: Tensor,
+    z: Tensor,
+    inv_tau: Tensor,
+    flat: Tensor,
+    temperature: float | Tensor,
+) -> Tensor:
+    """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows."""
+    k = len(knots.weights)
+    # d loss / d t_k = sum_i a_ki; d loss / d tau = sum_i a_ki z_ki.
+    g_levels = a.sum(1) if k > 1 else a.sum(0, keepdim=True)  # [K, C]
+    if knots.scale is not None:
+        g_scale = ((a * z).sum((0, 1) if k > 1 else 0) * temperature).masked_fill(
+            flat, 0.0
+        )  # d tau / d scale = temperature
+        high, low = knots.scale
+        levels = len(knots.levels)
+        if levels > k:  # the scale's two levels follow the knots
+            g_levels = torch.cat([g_levels, torch.stack([g_scale, -g_scale])])
+        else:  # the scale is the band: two of the knots
+            sign = tuple((1.0,) if i == high else (-1.0,) if i == low else (0.0,) for i in range(levels))
+            g_levels = g_levels + g_scale * device_constant(sign, a.dtype, a.device)
+    return _spread(scores, t, spread, g_levels, inv_tau)
+
+
+def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tensor) -> Tensor:
+    """``[M, C]``: ``sum_l g[l, c] * d t_lc / d s_jc`` with the kernel weights of the module docstring.
+
+    Several classes are laid out class-major (``[C, M]``, a copy), so that each softmax reduces
+    along contiguous memory; a single column is both layouts at once.
+    """
+    x = scores.masked_fill(~spread, float("inf"))  # non-members get weight 0
+    neg_inv_tau = -inv_tau
+    major = x.shape[1] > 1
+    if major:
+        x, neg_inv_tau = x.t().contiguous(), neg_inv_tau.unsqueeze(1)
+    axis = 2 if major else 1  # the rows' axis of an [l, ...] block
+    levels, elements = t.shape[0], max(1, x.numel())
+    step = max(1, override(BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, kernel_plan(x.device).threshold_block))
+    step = max(1, step // elements)
+    out = None
+    with FlushDenormals(x.device.type == "cpu" and not torch.compiler.is_compiling()):
+        for first in range(0, levels, step):
+            t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
+            y = (x - t_block.unsqueeze(axis)).abs_().mul_(neg_inv_tau)  # -|s - t| / tau per level, class, row
+            weights = torch.add(y, softplus(y), alpha=-2.0).softmax(axis)  # log sigma' = y - 2 softplus(y)
+            part = (weights.nan_to_num_(0.0) * g_block.unsqueeze(axis)).sum(0)  # no member: nan -> 0
+            out = part if out is None else out.add_(part)
+    assert out is not None
+    return out.t() if major else out
