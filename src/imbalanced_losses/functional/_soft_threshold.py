@@ -47,7 +47,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.nn.functional import softplus
 
 from ._arith import FlushDenormals
 from ._constants import device_constant
@@ -238,8 +237,9 @@ def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tenso
         for first in range(0, levels, step):
             t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
             y = (x - t_block.unsqueeze(axis)).abs_().mul_(neg_inv_tau)  # -|s - t| / tau per level, class, row
-            weights = torch.add(y, softplus(y), alpha=-2.0).softmax(axis)  # log sigma' = y - 2 softplus(y)
-            part = (weights.nan_to_num_(0.0) * g_block.unsqueeze(axis)).sum(0)  # no member: nan -> 0
+            # log sigma'(y) = y - 2 log(1 + e^y) (exp and log1p: several times faster than softplus)
+            weights = torch.add(y, torch.exp(y).log1p_(), alpha=-2.0).softmax(axis)
+            part = (weights * g_block.unsqueeze(axis)).nansum(0)  # a class without members: nan weights, 0
             out = part if out is None else out.add_(part)
     assert out is not None
     return out.t() if major else out
