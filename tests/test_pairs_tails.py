@@ -126,8 +126,8 @@ def test_every_window_and_order_meets_its_dtype_bound() -> None:
         for dtype, exponent in ((torch.float32, 24.0), (torch.float64, 40.0)):
             k, n = _pairs.window_and_order(dtype, narrow=narrow)
             assert (n + 1) * k >= exponent, (dtype, narrow, k, n)
-    assert PLANS["cpu"].narrow_window
-    assert not PLANS["cuda"].narrow_window
+    assert PLANS["cpu"].narrow_window_rows > 0
+    assert PLANS["cuda"].narrow_window_rows == 0
     assert _pairs.window_and_order(torch.float32, narrow=True)[0] < _pairs.window_and_order(torch.float32)[0]
 
 

@@ -35,9 +35,10 @@ per-operation overhead, not arithmetic). Both sizes come from the device's plan
 (:mod:`._plan`): small on the CPU (``CHUNK = DENSE_MAX = 2^20``), large on a GPU, where a
 call costs per launched operation.
 
-Window and order (``K``, ``N``, :func:`window_and_order`): on the CPU plan ``(2, 11)`` in float32
-and ``(2, 19)`` in float64 (a narrow window: a quarter of the pair terms, which are the cost
-there); on the CUDA plan ``(8, 2)`` and ``(10, 3)`` (fewer operations). Either way a truncation
+Window and order (``K``, ``N``, :func:`window_and_order`): for pools of at least 32,768 rows on the
+CPU plan ``(2, 11)`` in float32 and ``(2, 19)`` in float64 (a narrow window: a quarter of the pair
+terms, which are the cost there); otherwise ``(8, 2)`` and ``(10, 3)`` (fewer operations and
+smaller tables). Either way a truncation
 error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
 per key, far below the float32 rounding of the dense sum and below 1e-12 in float64.
 """
@@ -80,11 +81,11 @@ class Sizes(NamedTuple):
     small_bmm: int  # below this many elements (and several CPU threads): broadcast products, not BLAS
     one_class: bool  # single class: members found with `nonzero` (see `_one_class`)
     count_cells: bool  # the tails' tables: one column per occupied cell (a host read), else per score
-    narrow: bool  # the narrow window and long series of `window_and_order`
+    narrow: bool  # the narrow window and long series of `window_and_order` (large pools, CPU plan)
 
 
-def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int) -> Sizes:
-    """The :class:`Sizes` of a call on ``device`` with scores of ``dtype`` and ``num_classes`` classes."""
+def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int, rows: int) -> Sizes:
+    """The :class:`Sizes` of a call on ``device`` with ``rows x num_classes`` scores of ``dtype``."""
     plan = kernel_plan(device)
     chunk = override(CHUNK, _CPU.chunk, plan.chunk_terms(device, dtype.itemsize))
     return Sizes(
@@ -95,7 +96,7 @@ def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int) -> Siz
         plan.small_bmm,
         plan.one_class,
         plan.count_cells,
-        plan.narrow_window,
+        0 < plan.narrow_window_rows <= rows,
     )
 
 
@@ -126,7 +127,7 @@ def window_and_order(dtype: torch.dtype, *, narrow: bool = False) -> tuple[float
 
     Every choice keeps :math:`(N + 1) K \ge 24` in float32 and :math:`\ge 40` in float64: the
     series of a pair outside the window is off by at most :math:`e^{-(N+1)K}` (its derivative
-    by :math:`(N+1) e^{-(N+1)K}`). ``narrow`` (the CPU plan) trades pair terms for series
+    by :math:`(N+1) e^{-(N+1)K}`). ``narrow`` (large pools on the CPU plan) trades pair terms for series
     orders: ``(2, 11)`` and ``(2, 19)``, against ``(8, 2)`` and ``(10, 3)``.
     """
     if narrow:
@@ -788,7 +789,7 @@ def pair_sums(
         A :class:`PairResult`; ``ratios`` are :math:`R_{c,i,J} = \sum_j m_{j,J} \sigma(z_j - q_i)`.
     """
     (m, c), device = scores.shape, scores.device
-    sizes = sizes_for(device, scores.dtype, c)
+    sizes = sizes_for(device, scores.dtype, c, m)
     if c == 1:
         single = _one_class(
             scores, tau, key_channels, query_mask, weight, class_params, objective, queries_are_keys, sizes

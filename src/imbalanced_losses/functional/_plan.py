@@ -64,10 +64,11 @@ class KernelPlan:
         count_cells: The exponential tails' prefix-sum tables get one column per occupied cell
             of the sorted scores, a number read on the host (a free read on the CPU, and tables
             far smaller than the pool); otherwise one per score (a static bound, no read).
-        narrow_window: The pair kernel evaluates exactly only the pairs within a narrow window
-            and leaves the rest to a longer exponential series (fewer pair terms, more prefix
-            sums: cheaper where arithmetic is the cost); otherwise a wide window and a short
-            series (fewer operations). Same error bound either way (see
+        narrow_window_rows: Pools of at least this many rows (``0``: none) evaluate exactly only
+            the pairs within a narrow window and leave the rest to a longer exponential series
+            (fewer pair terms, more prefix sums and tables: cheaper where arithmetic is the cost
+            and the pool is large; on the CPU from about 32,768 rows); others a wide window and a
+            short series (fewer operations, less memory). Same error bound either way (see
             :func:`~imbalanced_losses.functional._pairs.window_and_order`).
     """
 
@@ -87,7 +88,7 @@ class KernelPlan:
     chunk_max: int = 1 << 28
     items_elements: int = 0
     count_cells: bool = False
-    narrow_window: bool = False
+    narrow_window_rows: int = 0
 
     def chunk_terms(self, device: torch.device, itemsize: int) -> int:
         """Pair terms per chunk on ``device`` for scores of ``itemsize`` bytes (two work buffers per term).
@@ -124,7 +125,7 @@ PLANS: dict[str, KernelPlan] = {
         small_bmm=1 << 15,
         threshold_block=1 << 22,
         count_cells=True,
-        narrow_window=True,
+        narrow_window_rows=1 << 15,
     ),
     "cuda": KernelPlan(
         name="cuda",
