@@ -154,14 +154,18 @@ class _SoftThreshold(torch.autograd.Function):
         # Each positive against each knot, in temperatures: [M, C], or [K, M, C] for several knots.
         z = (scores - rows[0]) * inv_tau if k == 1 else (scores - t[:k].unsqueeze(1)) * inv_tau
         h = torch.sigmoid(z)
-        wp = numer.to(scores.dtype) if weight is None else numer * weight.unsqueeze(1)
-        den = wp.sum(0)
-        inv_den = den.masked_fill(den <= 0, 1.0).reciprocal()
+        if weight is None:  # the weights are the mask itself, their total a count (exact in any float dtype)
+            wp, den = numer, numer.sum(0, dtype=scores.dtype)
+            inv_den = den.clamp_min(1.0).reciprocal()
+        else:
+            wp = numer * weight.unsqueeze(1)
+            den = wp.sum(0)
+            inv_den = den.masked_fill(den <= 0, 1.0).reciprocal()
         if k == 1:
             hw = crossing = h
         else:  # the knot weights, shaped [K, 1, 1]
-            omega = device_constant(tuple((w,) for w in knots.weights), scores.dtype, scores.device)
-            hw = h * omega.unsqueeze(2)
+            omega = device_constant(tuple(((w,),) for w in knots.weights), scores.dtype, scores.device)
+            hw = h * omega
             crossing = hw.sum(0)
         # The sum over the rows comes last, as one reduction of [M, C] whatever K is: rows that
         # take part in no class (kept or dropped by the caller) then cannot change its rounding.
@@ -209,8 +213,8 @@ def _threshold_part(
         )  # d tau / d scale = temperature
         high, low = knots.scale
         levels = len(knots.levels)
-        if levels > k:  # the scale's two levels follow the knots
-            g_levels = torch.cat([g_levels, torch.stack([g_scale, -g_scale])])
+        if levels > k:  # the scale's two levels follow the knots: +g_scale and -g_scale
+            g_levels = torch.cat([g_levels, g_scale * device_constant(((1.0,), (-1.0,)), a.dtype, a.device)])
         else:  # the scale is the band: two of the knots
             sign = tuple((1.0,) if i == high else (-1.0,) if i == low else (0.0,) for i in range(levels))
             g_levels = g_levels + g_scale * device_constant(sign, a.dtype, a.device)
