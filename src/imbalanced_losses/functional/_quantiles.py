@@ -73,7 +73,7 @@ def masked_column_quantiles(
         return x.new_full((levels.shape[0], c), float("nan")), counts
     # [L, C] in x's dtype, as torch.quantile forms them (the integer count is converted, then multiplied)
     ranks = levels * (counts - 1).clamp_min(0)
-    if m <= override(SORT_MAX, PLANS["cpu"].sort_max, plan.sort_max):  # sort each column in place: no transposes
+    if c == 1 and m <= override(SORT_MAX, PLANS["cpu"].sort_max, plan.sort_max):  # one column: sorted in place
         values = _interpolate(
             ranks, interpolation, lambda ranks: x.masked_fill(~member, float("inf")).sort(dim=0).values.gather(0, ranks)
         )

@@ -37,7 +37,7 @@ healthy.
 **One pass.** The objective is known in the forward pass, so :class:`_SoftThreshold` forms its
 gradient there, in closed form, and the backward pass is one product: a fraction of the
 operations autograd would dispatch through the same formula (the cost of a loss call on a
-GPU), and nothing of the ``[K, M, C]`` temporaries is kept for the backward pass.
+GPU), and none of its temporaries is kept for the backward pass.
 """
 
 from __future__ import annotations
@@ -122,6 +122,59 @@ def soft_crossings(
     return Crossings(loss, den, thresholds, tau, flat, crossing)
 
 
+class _Entries(NamedTuple):
+    """The positives the knots score, and how per-class values reach them and come back.
+
+    A single column is taken whole, masked (``[M, 1]`` entries: no host read, a fixed shape);
+    several columns are gathered (``[P]`` entries, class-major: one ``nonzero``, and work in
+    proportion to the positives rather than to ``M x C``).
+    """
+
+    scores: Tensor  # [M, 1] or [P]
+    weight: Tensor  # [M, 1] bool mask or float weights, or [P] float weights
+    cls: Tensor | None  # [P] class of each entry; None: the masked single column
+    flat_index: Tensor | None  # [P] index of each entry in the flattened [M, C] pool
+
+    def per_entry(self, values: Tensor) -> Tensor:
+        """Each entry's value of per-class ``values [C]`` or ``[K, C]`` (broadcasting against the entries)."""
+        if self.cls is None:
+            return values.unsqueeze(-2) if values.ndim > 1 else values
+        return values.index_select(-1, self.cls)
+
+    def class_sum(self, x: Tensor, num_classes: int, *, keepdim: bool = False, knots: bool = False) -> Tensor:
+        """``[..., C]`` sums of the entry values ``x [..., E]``.
+
+        ``keepdim``: a leading axis of 1 (one knot); ``knots``: the leading (knot) axis summed too.
+        """
+        if self.cls is None:
+            return x.sum((0, -2) if knots else -2, keepdim=keepdim)
+        x = x.sum(0) if knots else x
+        x = x.unsqueeze(0) if keepdim else x
+        return x.new_zeros(*x.shape[:-1], num_classes).index_add_(-1, self.cls, x)
+
+    def subtract(self, pool: Tensor | None, values: Tensor, shape: tuple[int, int]) -> Tensor:
+        """``pool [M, C]`` (``None``: zeros) minus the entry ``values`` at their cells, in place where it can."""
+        if self.flat_index is None:
+            return -values if pool is None else pool.sub_(values)
+        flat = values.new_zeros(shape[0] * shape[1]) if pool is None else pool.contiguous().view(-1)
+        return flat.index_add_(0, self.flat_index, values, alpha=-1.0).view(shape)
+
+    def to_pool(self, values: Tensor, shape: tuple[int, int]) -> Tensor:
+        """The entry ``values`` as ``[M, C]`` (0 in the other cells)."""
+        if self.flat_index is None:
+            return values
+        return values.new_zeros(shape[0] * shape[1]).index_copy_(0, self.flat_index, values).view(shape)
+
+
+def _entries(scores: Tensor, numer: Tensor, weight: Tensor | None) -> _Entries:
+    if scores.shape[1] == 1:
+        return _Entries(scores, numer if weight is None else numer * weight.unsqueeze(1), None, None)
+    cls, rows = numer.t().nonzero(as_tuple=True)
+    index = rows * scores.shape[1] + cls
+    w = torch.ones_like(index, dtype=scores.dtype) if weight is None else weight.index_select(0, rows)
+    return _Entries(scores.reshape(-1).index_select(0, index), w, cls, index)
+
+
 class _SoftThreshold(torch.autograd.Function):
     """Forward: the loss and its gradient in closed form; backward: one product."""
 
@@ -139,7 +192,7 @@ class _SoftThreshold(torch.autograd.Function):
         keep_crossing: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         ctx.set_materialize_grads(False)  # the outputs other than the loss get no gradient to build
-        k = len(knots.weights)
+        k, (m, c) = len(knots.weights), scores.shape
         # A class without reference rows (nan thresholds) is invalid anyway: any finite value serves.
         t = thresholds if finite else torch.nan_to_num(thresholds, nan=0.0)
         rows = t.unbind(0)
@@ -151,39 +204,42 @@ class _SoftThreshold(torch.autograd.Function):
             flat = scale <= MIN_DISPERSION
             tau = scale.masked_fill(flat, 1.0) * temperature
         inv_tau = tau.reciprocal()
-        # Each positive against each knot, in temperatures: [M, C], or [K, M, C] for several knots.
-        z = (scores - rows[0]) * inv_tau if k == 1 else (scores - t[:k].unsqueeze(1)) * inv_tau
-        h = torch.sigmoid(z)
-        if weight is None:  # the weights are the mask itself, their total a count (exact in any float dtype)
-            wp, den = numer, numer.sum(0, dtype=scores.dtype)
+        if weight is None:  # the total weight is a count (exact in any float dtype)
+            den = numer.sum(0, dtype=scores.dtype)
             inv_den = den.clamp_min(1.0).reciprocal()
         else:
-            wp = numer * weight.unsqueeze(1)
-            den = wp.sum(0)
+            den = (numer * weight.unsqueeze(1)).sum(0)
             inv_den = den.masked_fill(den <= 0, 1.0).reciprocal()
+        e = _entries(scores, numer, weight)
+        # Each positive against each knot, in temperatures: [E], or [K, E] for several knots.
+        z = (e.scores - e.per_entry(rows[0] if k == 1 else t[:k])) * e.per_entry(inv_tau)
+        h = torch.sigmoid(z)
         if k == 1:
             hw = crossing = h
-        else:  # the knot weights, shaped [K, 1, 1]
-            omega = device_constant(tuple(((w,),) for w in knots.weights), scores.dtype, scores.device)
+        else:  # the knot weights, shaped [K, 1] (or [K, 1, 1] for the masked column)
+            omega = device_constant(
+                tuple(((w,),) if e.cls is None else (w,) for w in knots.weights), scores.dtype, scores.device
+            )
             hw = h * omega
             crossing = hw.sum(0)
-        # The sum over the rows comes last, as one reduction of [M, C] whatever K is: rows that
-        # take part in no class (kept or dropped by the caller) then cannot change its rounding.
-        crossing_p = crossing * wp
-        loss = 1.0 - crossing_p.sum(0) * inv_den
-        hwp = crossing_p if k == 1 else hw * wp
+        # The sum over the entries comes last, as one reduction whatever K is: rows that take
+        # part in no class (kept or dropped by the caller) then cannot change its rounding.
+        crossing_w = crossing * e.weight
+        loss = 1.0 - e.class_sum(crossing_w, c) * inv_den
+        hwp = crossing_w if k == 1 else hw * e.weight
         ctx.mark_non_differentiable(den, tau, flat)
         ctx.grad = None
         if ctx.needs_input_grad[0]:
             # a = -d loss / d s_i for each (knot, positive): omega_k w_i sigma'(z) / (den tau).
-            a = (hwp - hwp * h) * (inv_den * inv_tau)
+            a = (hwp - hwp * h) * e.per_entry(inv_den * inv_tau)
             a_rows = a if k == 1 else a.sum(0)
-            ctx.grad = (
-                -a_rows
+            thresholds_part = (
+                None
                 if spread is None
-                else _threshold_part(scores, t, spread, knots, a, z, inv_tau, flat, temperature).sub_(a_rows)
+                else _threshold_part(scores, t, spread, knots, e, a, z, inv_tau, flat, temperature)
             )
-        return loss, den, tau, flat, (crossing if keep_crossing else None)
+            ctx.grad = e.subtract(thresholds_part, a_rows, (m, c))
+        return loss, den, tau, flat, (e.to_pool(crossing, (m, c)) if keep_crossing else None)
 
     @staticmethod
     @once_differentiable
@@ -197,6 +253,7 @@ def _threshold_part(
     t: Tensor,
     spread: Tensor,
     knots: Knots,
+    e: _Entries,
     a: Tensor,
     z: Tensor,
     inv_tau: Tensor,
@@ -204,13 +261,12 @@ def _threshold_part(
     temperature: float | Tensor,
 ) -> Tensor:
     """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows."""
-    k = len(knots.weights)
+    k, c = len(knots.weights), scores.shape[1]
     # d loss / d t_k = sum_i a_ki; d loss / d tau = sum_i a_ki z_ki.
-    g_levels = a.sum(1) if k > 1 else a.sum(0, keepdim=True)  # [K, C]
+    g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
     if knots.scale is not None:
-        g_scale = ((a * z).sum((0, 1) if k > 1 else 0) * temperature).masked_fill(
-            flat, 0.0
-        )  # d tau / d scale = temperature
+        g_tau = e.class_sum(a * z, c, knots=k > 1)
+        g_scale = (g_tau * temperature).masked_fill(flat, 0.0)  # d tau / d scale = temperature
         high, low = knots.scale
         levels = len(knots.levels)
         if levels > k:  # the scale's two levels follow the knots: +g_scale and -g_scale
@@ -242,8 +298,8 @@ def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tenso
             t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
             y = (x - t_block.unsqueeze(axis)).abs_().mul_(neg_inv_tau)  # -|s - t| / tau per level, class, row
             # log sigma'(y) = y - 2 log(1 + e^y) (exp and log1p: several times faster than softplus)
-            weights = torch.add(y, torch.exp(y).log1p_(), alpha=-2.0).softmax(axis)
-            part = (weights * g_block.unsqueeze(axis)).nansum(0)  # a class without members: nan weights, 0
+            weights = y.add_(torch.exp(y).log1p_(), alpha=-2.0).softmax(axis)  # in place: fewer block temporaries
+            part = weights.mul_(g_block.unsqueeze(axis)).nansum(0)  # a class without members: nan weights, 0
             out = part if out is None else out.add_(part)
     assert out is not None
     return out.t() if major else out
