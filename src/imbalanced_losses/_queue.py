@@ -153,7 +153,7 @@ class MemoryQueue(nn.Module):
         n = logits.shape[0]
         dev = logits.device
         ones, is_live = self._constant_masks(n, dev)
-        if not with_iid or (iid is None and not self.flagged):
+        if not with_iid or (iid is None and not self._flagged()):
             iid = None  # not read, or every row iid
         elif iid is None:
             iid = ones
@@ -186,6 +186,10 @@ class MemoryQueue(nn.Module):
                 self._mask_cache = {key: cached}  # one batch size at a time: a new one replaces it
         return cached
 
+    def _flagged(self) -> bool:
+        """``flagged``; a queue pickled before the flag existed may hold flags (assume so)."""
+        return getattr(self, "flagged", True)
+
     @torch.no_grad()
     def enqueue(self, logits: Tensor, targets: Tensor, iid: Tensor | None, weight: Tensor | None) -> None:
         """Write a batch (all of its rows, ``ignore_index`` rows included) behind the pointer; ``iid=None``: all iid."""
@@ -193,7 +197,7 @@ class MemoryQueue(nn.Module):
         if q == 0 or n == 0:
             return
         self.match_targets(targets)
-        self.flagged = self.flagged or iid is not None
+        self.flagged = self._flagged() or iid is not None
         if weight is not None:
             self.weighted = True
         elif self.weighted:
