@@ -79,7 +79,7 @@ class Sizes(NamedTuple):
     dense_keys_max: int  # ... if C * Lk (one query per class: the smallest dense slice) is at most this
     items: int  # key slots per step of the tails' key gradient
     small_bmm: int  # below this many elements (and several CPU threads): broadcast products, not BLAS
-    one_class: bool  # single class: members found with `nonzero` (see `_one_class`)
+    one_class: bool  # a host read is free: a single class packs its keys with `nonzero` (see `_one_class`)
     count_cells: bool  # the tails' tables: one column per occupied cell (a host read), else per score
     narrow: bool  # the narrow window and long series of `window_and_order` (large pools, CPU plan)
 
