@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss
-from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss
+from imbalanced_losses.functional import _quantiles, pauc_at_budget_loss, recall_at_quantile_loss
 from imbalanced_losses.functional._quantiles import masked_column_quantiles
 
 pytestmark = pytest.mark.usefixtures("on_device")  # also on CUDA when available (tests/conftest.py)
@@ -25,6 +25,23 @@ def test_equals_torch_quantile_bitwise(mode: str, dtype: torch.dtype, rows: int)
     got, counts = masked_column_quantiles(x, torch.ones_like(x, dtype=torch.bool), levels, mode)
     assert torch.equal(got, torch.quantile(x, levels, dim=0, interpolation=mode))
     assert counts.tolist() == [rows] * 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("road", ["sort", "selection"])
+def test_every_row_a_member_equals_torch_quantile(mode: str, road: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``member=None`` (no mask, no padding) gives torch.quantile's values on both roads."""
+    if road == "selection":
+        monkeypatch.setattr(_quantiles, "SORT_MAX", 64)  # a top-k and a k-th value select on a small pool
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 3, generator=g)
+    x[:, 2] = x[:, 2].round()  # ties
+    levels = torch.tensor([0.995, 0.75, 0.25, 0.5])
+    got, counts = masked_column_quantiles(x, None, levels, mode)
+    assert torch.equal(got, torch.quantile(x, levels, dim=0, interpolation=mode))
+    assert counts.tolist() == [500] * 3
+    single, _ = masked_column_quantiles(x[:, :1], None, levels, mode)
+    assert torch.equal(single, got[:, :1])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -18,7 +18,7 @@ from ._plan import PLANS, kernel_plan, override
 
 
 def masked_column_quantiles(
-    x: Tensor, member: Tensor, levels: Tensor | Sequence[float], interpolation: str
+    x: Tensor, member: Tensor | None, levels: Tensor | Sequence[float], interpolation: str
 ) -> tuple[Tensor, Tensor]:
     """Quantiles of each column of ``x`` over the rows selected by ``member``, for all classes at once.
 
@@ -36,7 +36,7 @@ def masked_column_quantiles(
 
     Args:
         x: ``[M, C]`` detached scores.
-        member: ``[M, C]`` bool, which rows belong to each column's population.
+        member: ``[M, C]`` bool, which rows belong to each column's population; ``None``: every row.
         levels: ``[L]`` quantile levels in ``[0, 1]``: a tensor in ``x``'s dtype, or Python
             floats (taken as rounded to ``x``'s dtype).
         interpolation: One of ``linear, lower, higher, nearest, midpoint``.
@@ -56,7 +56,7 @@ def masked_column_quantiles(
         and (not isinstance(levels, Tensor) or levels.dtype == x.dtype)
         and not torch.compiler.is_compiling()
     )
-    if host:
+    if host and member is not None:
         column = x[:, 0].masked_select(member[:, 0])
         n = column.shape[0]
         counts = torch.full((1,), n, dtype=torch.long)
@@ -68,18 +68,18 @@ def masked_column_quantiles(
         levels = levels.unsqueeze(1)
     else:
         levels = device_constant(tuple((float(q),) for q in levels), x.dtype, x.device)
-    counts = member.sum(0)
+    counts = torch.full((c,), m, dtype=torch.long, device=x.device) if member is None else member.sum(0)
     if m == 0:
         return x.new_full((levels.shape[0], c), float("nan")), counts
     # [L, C] in x's dtype, as torch.quantile forms them (the integer count is converted, then multiplied)
     ranks = levels * (counts - 1).clamp_min(0)
     if c == 1 and m <= override(SORT_MAX, PLANS["cpu"].sort_max, plan.sort_max):  # one column: sorted in place
-        values = _interpolate(
-            ranks, interpolation, lambda ranks: x.masked_fill(~member, float("inf")).sort(dim=0).values.gather(0, ranks)
-        )
+        column = x if member is None else x.masked_fill(~member, float("inf"))
+        values = _interpolate(ranks, interpolation, lambda ranks: column.sort(dim=0).values.gather(0, ranks))
     else:
-        values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member.t(), ranks))
-    return values.masked_fill(counts == 0, float("nan")), counts
+        member_t = None if member is None else member.t()
+        values = _interpolate(ranks, interpolation, lambda ranks: order_statistics(x.t(), member_t, ranks))
+    return values if member is None else values.masked_fill(counts == 0, float("nan")), counts
 
 
 def _round_float32(value: float) -> float:
@@ -156,7 +156,7 @@ def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Ten
 SORT_MAX = PLANS["cpu"].sort_max
 
 
-def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
+def order_statistics(x_t: Tensor, member_t: Tensor | None, ranks: Tensor) -> Tensor:
     """The ``ranks[r, c]``-th smallest member of each row ``c`` of ``x_t`` (0-based), for every ``r``.
 
     Small pools (``M <= SORT_MAX`` on the CPU; any pool under the CUDA plan, where the selection's
@@ -167,28 +167,36 @@ def order_statistics(x_t: Tensor, member_t: Tensor, ranks: Tensor) -> Tensor:
 
     Args:
         x_t: ``[C, M]`` scores.
-        member_t: ``[C, M]`` bool population of each row.
+        member_t: ``[C, M]`` bool population of each row; ``None``: every slot (no masking, no
+            padding: the ranks of a row are then the same for every class).
         ranks: ``[R, C]`` long ranks in ``[0, count_c)`` (any value for empty rows).
 
     Returns:
         ``[R, C]`` values (arbitrary for empty rows).
     """
     m = x_t.shape[1]
-    x_t, member_t = x_t.contiguous(), member_t.contiguous()  # selection along contiguous rows is faster
+    x_t = x_t.contiguous()  # selection along contiguous rows is faster
     if m <= override(SORT_MAX, PLANS["cpu"].sort_max, kernel_plan(x_t.device).sort_max):
-        return x_t.masked_fill(~member_t, float("inf")).sort(dim=1).values.gather(1, ranks.clamp_min(0).t()).t()
-    counts = member_t.sum(1)
+        x_sorted = x_t if member_t is None else x_t.masked_fill(~member_t, float("inf"))
+        return x_sorted.sort(dim=1).values.gather(1, ranks.clamp_min(0).t()).t()
+    counts = m if member_t is None else member_t.sum(1)
     out = x_t.new_empty(ranks.shape)
     from_top = (counts - 1 - ranks).clamp_min(0)
     near_top = from_top.amax(1) < max(m // 8, 1)
     if bool(near_top.any()):
         k = int(from_top[near_top].max()) + 1
-        top = x_t.masked_fill(~member_t, float("-inf")).topk(k, dim=1).values  # [C, k], descending
+        x_top = x_t if member_t is None else x_t.masked_fill(~member_t, float("-inf"))
+        top = x_top.topk(k, dim=1).values  # [C, k], descending
         out[near_top] = top.gather(1, from_top[near_top].t()).t()
     rest = (~near_top).nonzero().squeeze(1).tolist()
     if not rest:
         return out
     ranks = ranks.clamp_min(0)
+    if member_t is None:  # every class has the same rank: one selection per row, nothing to pad
+        for r in rest:
+            out[r] = x_t.kthvalue(int(ranks[r].max()) + 1, dim=1).values
+        return out
+    member_t = member_t.contiguous()
     outsiders = (~member_t).cumsum(1, dtype=torch.int32)  # how many non-members precede each slot, inclusive
     high = x_t.masked_fill(~member_t, float("inf"))
     for r in rest:  # a few rank rows (quartiles), not classes

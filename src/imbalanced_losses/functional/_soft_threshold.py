@@ -100,7 +100,8 @@ def soft_crossings(
     Args:
         scores: ``[M, C]`` pool scores (carry the graph).
         ref: ``[M, C]`` bool rows that define the thresholds; ``None``: every row (a single
-            column's thresholds are then read at ranks formed on the host).
+            column's thresholds are then read at ranks formed on the host, and several columns
+            are selected without masks).
         numer: ``[M, C]`` bool positives scored against the knots.
         spread: ``[M, C]`` bool rows the thresholds' gradient reaches; ``None``: the thresholds
             are constants.
@@ -111,7 +112,7 @@ def soft_crossings(
         keep_crossing: Also return each row's soft crossing (diagnostics).
     """
     with torch.no_grad():
-        if ref is None:
+        if ref is None and scores.shape[1] == 1:  # ranks formed on the host: one sort, one indexing
             thresholds = sorted_column_quantiles(scores.sort(dim=0).values, knots.levels, interpolation)
         else:
             thresholds = masked_column_quantiles(scores, ref, knots.levels, interpolation)[0]

@@ -117,7 +117,7 @@ def pauc_at_budget_core(
             ),
             scale=(n_knots, n_knots + 1) if iqr else (0, n_knots - 1),
         )
-        every_row = pool.all_rows and c == 1 and population and iid is None
+        every_row = pool.all_rows and population and iid is None
         crossings = soft_crossings(
             scores,
             ref=None if every_row else ref,  # None: every row, known on the host

@@ -50,7 +50,7 @@ def recall_at_quantile_core(
     )
     out = soft_crossings(
         scores,
-        ref=None if pool.all_rows and c == 1 else pos | neg,  # None: every row, known on the host
+        ref=None if pool.all_rows else pos | neg,  # None: every row, known on the host
         numer=pos,  # only positives enter the numerator
         spread=None if detach_thresholds else neg,  # the thresholds' gradient reaches the negatives
         weight=weight,
