@@ -331,6 +331,35 @@ def test_cuda_plan_dense_slices_give_the_one_block_result(case: str, monkeypatch
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", sorted(RANKING))
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_binary_cuda_plan_gives_the_cpu_plans_loss_and_gradient(
+    name: str, weighted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The binary road the budgets count (one block over every pool row, thresholds under a mask,
+    no key packing) gives the CPU plan's values, with ignored rows in the pool (float64)."""
+    from imbalanced_losses.functional import pauc_at_budget_loss, recall_at_quantile_loss, smooth_ap_loss
+
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(600, 1, generator=g, dtype=torch.float64)
+    targets = (torch.rand(600, generator=g) < 0.05).long()
+    targets[torch.rand(600, generator=g) < 0.1] = -100
+    weight = torch.rand(600, generator=g, dtype=torch.float64) if weighted else None
+    fn, options = {
+        "smooth_ap": (smooth_ap_loss, {"temperature": 0.05}),
+        "recall": (recall_at_quantile_loss, {"quantile": 0.05}),
+        "pauc_trapezoid": (pauc_at_budget_loss, {"beta": 0.1, "n_knots": 3}),
+        "pauc_pairwise": (pauc_at_budget_loss, {"beta": 0.1, "surrogate": "pairwise"}),
+    }[name]
+    monkeypatch.setenv("IMBALANCED_LOSSES_PLAN", "cpu")
+    ref_loss, ref_grad = _loss_and_grad(fn, logits, targets=targets, sample_weight=weight, **options)
+    monkeypatch.setenv("IMBALANCED_LOSSES_PLAN", "cuda")
+    loss, grad = _loss_and_grad(fn, logits, targets=targets, sample_weight=weight, **options)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12)
+    assert float(grad.abs().max()) > 0
+
+
 def test_cuda_plan_chunk_is_a_fraction_of_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CUDA device the chunk comes from ``mem_get_info``; CPU tensors never query it."""
     from imbalanced_losses.functional import _plan
