@@ -48,9 +48,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._arith import FlushDenormals
+from ._arith import FlushDenormals, safe_reciprocal
 from ._constants import device_constant
 from ._plan import PLANS, kernel_plan, override
+from ._pool import positive_weights
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles, sorted_column_quantiles
 
 #: Elements of the ``[levels, C, M]`` block of threshold weights formed at once: the CPU plan's
@@ -209,8 +210,8 @@ class _SoftThreshold(torch.autograd.Function):
             den = numer.sum(0, dtype=scores.dtype)
             inv_den = den.clamp_min(1.0).reciprocal()
         else:
-            den = (numer * weight.unsqueeze(1)).sum(0)
-            inv_den = den.masked_fill(den <= 0, 1.0).reciprocal()
+            den = positive_weights(numer, weight, scores.dtype).sum(0)
+            inv_den = safe_reciprocal(den)
         e = _entries(scores, numer, weight)
         # Each positive against each knot, in temperatures: [E], or [K, E] for several knots.
         z = (e.scores - e.per_entry(rows[0] if k == 1 else t[:k])) * e.per_entry(inv_tau)
