@@ -303,9 +303,23 @@ def make_data(cfg: Config, seed: int = 0, signal_strength: float = 0.0) -> tuple
     return logits.requires_grad_(), targets
 
 
-def build_loss(pkg: Any, cfg: Config) -> Any:
-    """The loss module for ``cfg`` (``queue_size=0``; library defaults otherwise)."""
-    common: dict[str, Any] = {"num_classes": cfg.c, "queue_size": 0}
+def parse_options(items: Iterable[str] | None) -> dict[str, Any]:
+    """``NAME=VALUE`` strings as keyword arguments; each value is read as JSON, else kept as a string."""
+    options: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--ours-option/--option expects NAME=VALUE, got {item!r}")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
+
+
+def build_loss(pkg: Any, cfg: Config, options: dict[str, Any] | None = None) -> Any:
+    """The loss module for ``cfg`` (``queue_size=0``; library defaults, or ``options``, otherwise)."""
+    common: dict[str, Any] = {"num_classes": cfg.c, "queue_size": 0, **(options or {})}
     if cfg.skip_bg:
         common["class_weight"] = [0.0] + [1.0] * (cfg.c - 1)
     if cfg.loss == "smooth_ap":
@@ -354,7 +368,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         out["maxrss_at_baseline_mb"] = _maxrss_bytes() / MB
         if baseline is None:  # no /proc: fall back to the peak so far
             baseline = _maxrss_bytes()
-        loss_fn = build_loss(pkg, cfg)
+        options = parse_options(args.option)
+        if options:
+            out["options"] = options
+        loss_fn = build_loss(pkg, cfg, options)
 
         t0 = time.perf_counter()
         loss = loss_fn(logits, targets)
@@ -464,6 +481,8 @@ def run_config(
     cmd += ["--threads", str(opts.threads), "--repeats", str(opts.repeats), "--min-repeats", str(opts.min_repeats)]
     cmd += ["--max-repeats", str(opts.max_repeats), "--min-time", repr(opts.min_time)]
     cmd += ["--max-time", repr(opts.max_time), "--seed", str(opts.seed), "--signal", repr(opts.signal)]
+    if side == "ours":
+        cmd += [f"--option={item}" for item in opts.ours_option or ()]
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(opts.threads)
     if side == "incumbent":  # nothing of ours may leak into the other interpreter
@@ -662,6 +681,7 @@ def run_driver(opts: argparse.Namespace) -> int:
         "rounds": opts.rounds,
         "wait_quiet_s": opts.wait_quiet,
         "quiet_cores": opts.quiet_cores,
+        "ours_options": parse_options(opts.ours_option),
         "machine": _machine_info(),
         "repo": _git_info(),
     }
@@ -1014,6 +1034,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="before each run wait up to S seconds for the machine to be quiet (see --quiet-cores)",
     )
     run.add_argument("--quiet-cores", type=float, default=0.25, help="'quiet' = others use fewer cores than this")
+    run.add_argument(
+        "--ours-option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a keyword argument for our loss modules only (JSON value), e.g. detach_thresholds=true",
+    )
     run.add_argument("--out", help="write JSON results here (e.g. benchmarks/results/targets.json)")
     run.add_argument("--check-targets", action="store_true", help="also print the T1–T6 pass/fail table")
     run.add_argument("--list", action="store_true", help="list the configurations and exit")
@@ -1027,6 +1053,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     worker.add_argument("--beta", type=float, help="PAUC beta (pauc_pairwise defaults to 0.05)")
     worker.add_argument("--skip-bg", action="store_true", help="class_weight 0 on class 0 (bg only)")
     worker.add_argument("--side", choices=("ours", "incumbent"), default="ours")
+    worker.add_argument("--option", action="append", metavar="NAME=VALUE", help="a keyword argument of the loss")
     _add_timing_args(worker, defaults=True)
 
     check = sub.add_parser("check", help="T1–T6 pass/fail table from a results JSON")

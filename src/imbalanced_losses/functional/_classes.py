@@ -102,9 +102,19 @@ def run_on_classes(
 
     The core runs with autocast disabled: the pool is already in its computation dtype
     (float32 for half-precision logits), and a matmul inside the kernels must not be demoted.
+    (Entering the context costs more than a small call's arithmetic: it is skipped when
+    autocast is off.)
     """
-    with torch.autocast(pool.scores.device.type, enabled=False):
-        if class_weight is None or class_weight.keep is None:
-            return core(pool)
-        num_classes = pool.scores.shape[1]
-        return expand_result(core(restrict_pool(pool, class_weight.keep)), class_weight.keep, num_classes)
+    if torch.is_autocast_enabled(pool.scores.device.type):
+        with torch.autocast(pool.scores.device.type, enabled=False):
+            return _run_on_classes(core, pool, class_weight)
+    return _run_on_classes(core, pool, class_weight)
+
+
+def _run_on_classes(
+    core: Callable[[Pool], RankingResult], pool: Pool, class_weight: ClassWeight | None
+) -> RankingResult:
+    if class_weight is None or class_weight.keep is None:
+        return core(pool)
+    num_classes = pool.scores.shape[1]
+    return expand_result(core(restrict_pool(pool, class_weight.keep)), class_weight.keep, num_classes)

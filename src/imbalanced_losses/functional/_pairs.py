@@ -13,17 +13,27 @@ every pair falls in one of three regimes, relative to a window half-width :math:
 
 * :math:`|d| \le K` (``d = z - q``): evaluated exactly, in blocks of ``BLOCK`` consecutive
   queries against the contiguous key range their windows cover;
-* :math:`d < -K`: :math:`\sigma(d) = \sum_{n=1}^{N} (-1)^{n+1} e^{n d}` to within
-  :math:`e^{-(N+1)K}`;
-* :math:`d > K`: :math:`\sigma(d) = 1 + \sum_{n=1}^{N} (-1)^{n} e^{-n d}`, same error.
+* :math:`d < -K`: :math:`\sigma(d) = \sum_{n=1}^{N} a_n e^{n d}` to within the dtype's budget
+  :math:`e^{-E}` (:data:`TRUNCATION`: :math:`E = 24` in float32, :math:`40` in float64), its
+  derivative too;
+* :math:`d > K`: :math:`\sigma(d) = 1 - \sum_{n=1}^{N} a_n e^{-n d}`, same error.
+
+The coefficients (:func:`series_coefficients`) are those of the alternating series
+:math:`a_n = (-1)^{n+1}` (off by :math:`e^{-(N+1)K}`) when :math:`(N + 1) K \ge E`, else of a
+polynomial interpolating :math:`u / (1 + u)`, :math:`u = e^{-|d|} \le e^{-K}`, at Chebyshev
+nodes: its error shrinks about 7 times per order even for a narrow window (:math:`K = 1/4`),
+where the alternating series gains only :math:`e^{K}`.
 
 The exponential tails factorise (:math:`e^{n(z-q)} = e^{nz} e^{-nq}`), so they are prefix
 sums over the sorted keys. To keep those prefix sums exact in floating point, values are
 grouped into cells of width :math:`G = K` and each cell is scaled by its upper edge; a
-query then combines its own partial cell with the :math:`\lceil (N+1)/n \rceil` full cells
-below it (summed once per cell, as its *carry*), every factor being at most 1 (farther cells
-contribute less than :math:`e^{-(N+1)K}` per key). The gathers that locate a prefix are shared
-by every order and channel; the powers :math:`e^{n\,offset}` are repeated products.
+query then combines its own partial cell with the :math:`\lceil E/(nK) \rceil` full cells
+below it (summed once per cell, as its *carry*; by doubling when there are many,
+:func:`_carry`), every factor being at most 1 (farther cells contribute less than
+:math:`e^{-E}` per key, :math:`|a_n| \le 1`). The queries of a block share their prefixes,
+located once per block and shared by every order and channel; the powers
+:math:`e^{n\,offset}` are repeated products. On the CPU plan each channel's tables run over
+its own keys only (:func:`_members`; one host read of their counts).
 
 Because the objective :math:`v` is known in the forward pass, the gradient is formed there
 too (block by block for the window, by the same prefix sums for the tails) and saved as one
@@ -36,19 +46,23 @@ per-operation overhead, not arithmetic). Both sizes come from the device's plan
 call costs per launched operation.
 
 Window and order (``K``, ``N``, :func:`window_and_order`): for pools of at least 32,768 rows on the
-CPU plan ``(2, 11)`` in float32 and ``(2, 19)`` in float64 (a narrow window: a quarter of the pair
-terms, which are the cost there); otherwise ``(8, 2)`` and ``(10, 3)`` (fewer operations and
-smaller tables). Either way a truncation
-error of at most :math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64)
-per key, far below the float32 rounding of the dense sum and below 1e-12 in float64.
+CPU plan ``(1/4, 14)`` in float32 (the interpolant: an eighth of the alternating series'
+``(2, 11)`` window, whose pair terms are the cost there) and ``(2, 19)`` in float64 (the
+alternating series); otherwise ``(8, 2)`` and ``(10, 3)`` (the alternating series: fewer
+operations and smaller tables). Either way a truncation error of at most
+:math:`e^{-24} \approx 4\cdot10^{-11}` (float32) or :math:`e^{-40}` (float64) per key (the
+alternating series' derivative: :math:`(N+1)` times that), far below the float32 rounding of
+the dense sum and below 1e-12 in float64.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import math
 import operator
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import torch
@@ -69,6 +83,10 @@ CHUNK = _CPU.chunk
 ITEMS = _CPU.items
 #: Up to this many (padded query, key) pairs, every pair is evaluated at once (less fixed cost).
 DENSE_MAX = _CPU.dense_max
+#: Under the narrow window (:func:`window_and_order`) a chunk holds this many times the plan's terms:
+#: the windows are short, so a chunk covers many blocks, and its fixed operations, not its terms,
+#: weigh (measured: Smooth-AP 262,144 x 10 about 5% faster than with 1, with 4 no better).
+NARROW_CHUNKS = 2
 
 
 class Sizes(NamedTuple):
@@ -88,6 +106,9 @@ def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int, rows: 
     """The :class:`Sizes` of a call on ``device`` with ``rows x num_classes`` scores of ``dtype``."""
     plan = kernel_plan(device)
     chunk = override(CHUNK, _CPU.chunk, plan.chunk_terms(device, dtype.itemsize))
+    narrow = 0 < plan.narrow_window_rows <= rows
+    if narrow and _CPU.chunk == CHUNK:  # a chunk size set by hand is kept
+        chunk *= NARROW_CHUNKS
     return Sizes(
         chunk,
         override(DENSE_MAX, _CPU.dense_max, plan.dense_max),
@@ -96,7 +117,7 @@ def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int, rows: 
         plan.small_bmm,
         plan.one_class,
         plan.count_cells,
-        0 < plan.narrow_window_rows <= rows,
+        narrow,
     )
 
 
@@ -125,14 +146,133 @@ def _evaluate(objective: Objective, ratios: Tensor, params: QueryParams) -> tupl
 def window_and_order(dtype: torch.dtype, *, narrow: bool = False) -> tuple[float, int]:
     r"""The window half-width ``K`` and the tail series order ``N`` used for ``dtype``.
 
-    Every choice keeps :math:`(N + 1) K \ge 24` in float32 and :math:`\ge 40` in float64: the
-    series of a pair outside the window is off by at most :math:`e^{-(N+1)K}` (its derivative
-    by :math:`(N+1) e^{-(N+1)K}`). ``narrow`` (large pools on the CPU plan) trades pair terms for series
-    orders: ``(2, 11)`` and ``(2, 19)``, against ``(8, 2)`` and ``(10, 3)``.
+    Every choice meets the dtype's truncation budget :math:`e^{-E}` per key (:data:`TRUNCATION`:
+    :math:`E = 24` in float32, :math:`40` in float64) through :func:`series_coefficients`. The
+    wide choices ``(8, 2)`` and ``(10, 3)``, and the CPU plan's narrow float64 choice ``(2, 19)``,
+    keep :math:`(N + 1) K \ge E` and use the alternating series (value off by at most
+    :math:`e^{-(N+1)K}`, derivative by :math:`(N+1) e^{-(N+1)K}`). ``narrow`` in float32 (large
+    pools on the CPU plan, where the window's pair terms are the cost) is ``(1/4, 14)``: a window
+    eight times narrower than the alternating series' ``(2, 11)`` for three more orders, thanks
+    to the interpolating polynomial of :func:`series_coefficients` (value off by at most
+    :math:`e^{-28.0}`, derivative by :math:`e^{-24.5}`: both below :math:`e^{-24}`; 13 orders
+    would leave the derivative at :math:`e^{-22.6}`). Measured on a 2-core CPU, Smooth-AP at
+    262,144 x 10: 1/4 and 1/8 about equal, 1/2 about 10% slower (more window pairs); the former
+    ``(2, 11)`` was more than twice as slow.
     """
     if narrow:
-        return (2.0, 19) if dtype == torch.float64 else (2.0, 11)
+        return (2.0, 19) if dtype == torch.float64 else (0.25, 14)
     return (10.0, 3) if dtype == torch.float64 else (8.0, 2)
+
+
+#: Truncation budget ``E`` per dtype: each key's series value and derivative are off by at most ``e^{-E}``
+#: (the alternating series' derivative: ``(N + 1) e^{-(N+1)K}``). Other dtypes use float32's.
+TRUNCATION = {torch.float32: 24.0, torch.float64: 40.0}
+#: The interpolation nodes of :func:`series_coefficients` span ``[0, e^{-STRETCH K}]``, a little past the
+#: window edge ``e^{-K}``: the error's derivative is then small at the edge too.
+STRETCH = 0.85
+
+
+@functools.cache
+def series_coefficients(half_width: float, order: int, exponent: float) -> tuple[float, ...]:
+    r"""Coefficients :math:`a_1 .. a_N` of the tails: :math:`\sigma(-x) \approx \sum_n a_n e^{-nx}` (:math:`x > K`).
+
+    With :math:`u = e^{-x} \in (0, r]`, :math:`r = e^{-K}`, the tails need :math:`f(u) = u / (1 + u)`
+    (:math:`\sigma(d) = f(e^{d})` below the window, :math:`1 - f(e^{-d})` above it) and its
+    derivative in ``d``, :math:`u f'(u)`, approximated by :math:`p(u) = \sum_{n=1}^N a_n u^n` and
+    :math:`u p'(u) = \sum_n n a_n u^n` (every power a prefix sum, see :func:`_tables`).
+
+    * When :math:`(N + 1) K \ge E` (``exponent``): the Taylor series, :math:`a_n = (-1)^{n+1}`
+      (exact coefficients), off by :math:`u^{N+1} / (1 + u) \le e^{-(N+1)K}`.
+    * Otherwise the polynomial :math:`p(u) = u\, q(u)`, with :math:`q` (degree :math:`N - 1`)
+      interpolating :math:`1 / (1 + u)` at nodes :math:`u_1 .. u_N`. Its error is exact in closed
+      form: :math:`1/(1+u) - q(u) = \omega(u) / (\omega(-1) (1 + u))`, :math:`\omega = \prod_k (u - u_k)`
+      (it vanishes at the nodes, and :math:`1/(1+u)` minus it is a polynomial of degree :math:`N - 1`).
+      The nodes make :math:`u\, \omega(u)` a multiple of :math:`T_{N+1}(x(u))`, the Chebyshev
+      polynomial of :math:`x(u) = \beta + (1 - \beta) u / R`, :math:`\beta = -\cos(\pi / (2N + 2))`
+      its lowest zero, :math:`R = e^{-0.85 K}` (:data:`STRETCH`), so that
+
+      .. math::
+          f(u) - p(u) = -\frac{T_{N+1}(x(u))}{T_{N+1}(x(-1)) (1 + u)},
+          \qquad p(u) = \frac{u\, T_{N+1}(x(-1)) + T_{N+1}(x(u))}{T_{N+1}(x(-1)) (1 + u)}
+
+      (the numerator vanishes at :math:`u = -1` and :math:`u = 0`). On :math:`[0, R]`,
+      :math:`|T_{N+1}| \le 1` while :math:`|T_{N+1}(x(-1))| \approx \rho^{N+1} / 2`,
+      :math:`\rho = |x(-1)| + \sqrt{x(-1)^2 - 1}` (about 7 for :math:`K = 1/4`): the error
+      shrinks by that factor per order, against :math:`e^{K}` for the Taylor series. The
+      coefficients are formed exactly (rational arithmetic on the float map's ``beta`` and
+      slope; :math:`T_{N+1}(\beta) \approx 10^{-15}` is subtracted, :math:`(1 + u)` times, so
+      that :math:`p(0) = 0` exactly), then rounded to float64 (half an ulp each, far below the
+      float32 budget; not below float64's :math:`e^{-40}`, hence the float64 choices keep the
+      exact alternating coefficients), and stay within :math:`|a_n| \le 1`: the sums
+      :math:`\sum_n a_n S_n` of positive prefix sums :math:`S_n` lose at most
+      :math:`\log_2 ((1 + r) / (1 - r))` bits (3 for :math:`K = 1/4`).
+
+    Either way :math:`|a_n| \le 1`, so a key at distance above :math:`E / n` adds an order-``n``
+    term below :math:`e^{-E}` (the rule of :func:`_cells_needed`). The interpolant's maximal
+    errors on :math:`(0, r]` (value :math:`|f - p|` and derivative :math:`u |f' - p'|`) are
+    checked against :math:`e^{-E}` in exact arithmetic by the tests; for ``(1/4, 14)`` they are
+    :math:`e^{-28.0}` and :math:`e^{-24.5}` (``(1/4, 13)``: :math:`e^{-26.1}` and
+    :math:`e^{-22.6}`, over budget). Both errors also vanish like :math:`u` as :math:`u \to 0`
+    (the factor :math:`u` of :math:`f - p = u (1/(1+u) - q)`).
+
+    Args:
+        half_width: Window half-width ``K`` (``> 0``).
+        order: Series order ``N`` (``>= 1``).
+        exponent: Truncation budget ``E``.
+
+    Returns:
+        ``(a_1, .., a_N)`` as Python floats.
+    """
+    if (order + 1) * half_width >= exponent:
+        return tuple(1.0 if n % 2 else -1.0 for n in range(1, order + 1))
+    beta = -math.cos(math.pi / (2 * order + 2))
+    gamma = (1.0 - beta) / math.exp(-STRETCH * half_width)  # x(u) = beta + gamma u
+    b, g = Fraction(beta), Fraction(gamma)
+    # T_{N+1}(beta + gamma u) as ascending coefficients in u: T_{k+1} = 2 x T_k - T_{k-1}.
+    prev, cur = [Fraction(1)], [b, g]
+    for _ in range(order):
+        nxt = [Fraction(0)] * (len(cur) + 1)
+        for i, coef in enumerate(cur):
+            nxt[i] += 2 * b * coef
+            nxt[i + 1] += 2 * g * coef
+        for i, coef in enumerate(prev):
+            nxt[i] -= coef
+        prev, cur = cur, nxt
+    at_pole = sum(coef * (-1) ** i for i, coef in enumerate(cur))  # T_{N+1}(x(-1))
+    numerator = list(cur)
+    # u T(x(-1)) + T(x(u)) - T(beta) (1 + u): zero at u = -1 and u = 0 (T(beta) ~ 1e-15: beta is a float)
+    numerator[0] -= cur[0]
+    numerator[1] += at_pole - cur[0]
+    # Divide by (1 + u), from the top (synthetic division); the remainder is zero.
+    quotient = [Fraction(0)] * (len(numerator) - 1)
+    carry = Fraction(0)
+    for i in range(len(numerator) - 1, 0, -1):
+        carry = numerator[i] - carry
+        quotient[i - 1] = carry
+    coefficients = tuple(float(coef / at_pole) for coef in quotient[1:])  # a_1 .. a_N (quotient[0] = p(0) = 0)
+    if quotient[0] != 0 or max(abs(a) for a in coefficients) > 1.0:  # pragma: no cover - by construction
+        raise AssertionError("tail series: unexpected coefficients")
+    return coefficients
+
+
+class TailSeries(NamedTuple):
+    """The tails' window and series of one call (see :func:`window_and_order`, :func:`series_coefficients`)."""
+
+    half_width: float  # K
+    coefficients: tuple[float, ...]  # a_1 .. a_N
+    reach: tuple[int, ...]  # per order n: full cells of width K summed below a prefix's partial cell
+
+    @property
+    def order(self) -> int:
+        return len(self.coefficients)
+
+
+def tail_series(dtype: torch.dtype, *, narrow: bool = False) -> TailSeries:
+    """The :class:`TailSeries` of scores of ``dtype`` (float64 budget for float64, float32's otherwise)."""
+    half_width, order = window_and_order(dtype, narrow=narrow)
+    exponent = TRUNCATION[torch.float64 if dtype == torch.float64 else torch.float32]
+    reach = tuple(_cells_needed(exponent, half_width, n) for n in range(1, order + 1))
+    return TailSeries(half_width, series_coefficients(half_width, order, exponent), reach)
 
 
 class SortedRows(NamedTuple):
@@ -158,6 +298,34 @@ def sorted_rows(scores_t: Tensor, mask_t: Tensor, sizes: Tensor, width: int) -> 
     last = values.gather(1, (sizes - 1).clamp_min(0).unsqueeze(1))
     last = torch.where(sizes.unsqueeze(1) > 0, last, torch.zeros_like(last))
     return SortedRows(torch.where(pad, last, values), rows.masked_fill(pad, 0), sizes)
+
+
+def _sorted_subset(rows: SortedRows, mask_t: Tensor, sizes: Tensor, width: int) -> SortedRows:
+    """:func:`sorted_rows` of the entries ``mask_t [C, M]`` selects, all among the sorted ``rows``: no sort.
+
+    ``sizes [C]`` counts the selected entries. Same layout as :func:`sorted_rows` (ascending, the
+    last value repeated on padding slots, 0 in a row without entries; rows 0 on padding slots).
+    """
+    slots = torch.arange(rows.values.shape[1], device=rows.values.device)
+    member = mask_t.gather(1, rows.rows) & (slots < rows.sizes.unsqueeze(1))
+    source = _member_slots(member, member.cumsum(1), width)
+    pad = torch.arange(width, device=rows.values.device) >= sizes.unsqueeze(1)
+    values = rows.values.gather(1, source)
+    values = torch.where((sizes > 0).unsqueeze(1), values, torch.zeros_like(values))
+    return SortedRows(values, rows.rows.gather(1, source).masked_fill_(pad, 0), sizes)
+
+
+def _member_slots(member: Tensor, counts: Tensor, width: int) -> Tensor:
+    """``[C, width]`` long: the slot of each row's ``i``-th member (``member [C, L]`` bool).
+
+    ``counts [C, L]``: members among the slots up to and including each one. Slots past a row's
+    members repeat its last member's slot (0 in a row without members).
+    """
+    c, length = member.shape
+    slot = torch.where(member, counts - 1, width)
+    source = torch.full((c, width + 1), -1, dtype=torch.long, device=member.device)
+    source.scatter_(1, slot, torch.arange(length, device=member.device).expand(c, length))
+    return source[:, :width].cummax(1).values.clamp_min_(0)
 
 
 class _Cells(NamedTuple):
@@ -218,50 +386,115 @@ def _probe(cells: _Cells, cut: Tensor) -> _Probe:
 def _scale(cells: _Cells, cut: Tensor, x: Tensor) -> Tensor:
     """``exp(top - x) <= 1`` for items ``(cut, x)``: ``top`` the upper edge of the cell of slot ``cut - 1``.
 
-    0 where the prefix is empty (``cut <= 0``). Real terms have ``top <= x`` by construction
+    ``cut [C, X]`` and ``x [C, X]``, or ``x [C, X, B]`` for ``B`` items sharing each cut (a block's
+    queries). 0 where the prefix is empty (``cut <= 0``). Real terms have ``top <= x`` by construction
     (``v_{cut-1} <= x - K`` and ``G <= K``); the clamp keeps zero-weight padding slots from
     overflowing (inf * 0 = nan) when an item lies far beyond every real value.
     """
     if cells.offset.shape[1] == 0:
         return x.new_zeros(x.shape)
     top = cells.top.gather(1, cells.rank.gather(1, (cut - 1).clamp_min(0)))
-    return top.sub_(x).clamp_max_(0.0).exp_().masked_fill_(cut <= 0, 0.0)
+    empty = cut <= 0
+    if x.dim() == 3:
+        top, empty = top.unsqueeze(2), empty.unsqueeze(2)
+    return (top - x).clamp_max_(0.0).exp_().masked_fill_(empty, 0.0)
 
 
-def _tables(cells: _Cells, weight: Tensor, order: int) -> Iterator[tuple[Tensor, Tensor]]:
-    r"""For ``n = 1 .. order``: prefix sums of ``weight * exp(n * offset)`` and each cell's carry.
+def _tables(
+    cells: _Cells, weight: Tensor | None, reach: tuple[int, ...], members: Tensor | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    r"""For ``n = 1 .. N``: prefix sums of ``weight * exp(n * offset)`` and each cell's carry.
 
     Args:
         cells: The sorted values ``[C, L]`` in cells of width ``G``.
-        weight: ``[C, J, L]`` float64 channel weights of the values.
-        order: Highest order ``N``.
+        weight: ``[C, J, L]`` float64 channel weights of the values, or ``None`` (``J = 1``, weight 1).
+        reach: Per order ``n`` (``N`` in all), the full cells summed into a carry (:func:`_cells_needed`).
+        members: Optional ``[C, L]`` 0/1 float64 weights of a single channel (``weight`` ``None``):
+            folded into :math:`e^{offset}` (``0^n = 0``, ``1^n = 1``), so no product per order.
 
     Yields:
         ``(cum [C, J, L + 1], carry [C, J, R])``: exclusive prefix sums of
         :math:`w_j e^{n (v_j - top_j)}` (each term at most :math:`w_j`) and, per cell rank
-        :math:`r`, the sums of the ``_cells_needed(order, n)`` cells below it, scaled to its
+        :math:`r`, the sums of the ``reach[n - 1]`` cells below it, scaled to its
         upper edge (factors :math:`e^{n (top_{r-t} - top_r)} \le 1`; farther cells lie beyond
-        :math:`e^{-(N+1)K}`). The powers :math:`e^{n\,offset}` are products of :math:`e^{offset}`
+        the truncation budget). The powers :math:`e^{n\,offset}` are products of :math:`e^{offset}`
         (relative error ``n`` ulps, no underflow: ``offset >= -G``). ``cum`` is one buffer,
         overwritten by the next order (fresh pool-sized tensors cost page faults).
     """
-    c, j, length = weight.shape
+    c, length = cells.offset.shape
+    j = 1 if weight is None else weight.shape[1]
     ranks = cells.top.shape[1]
     start = cells.start.unsqueeze(1).expand(c, j, ranks + 1)
-    base = cells.offset.exp()
+    base = cells.offset.new_zeros(c, length + 1)  # a leading 0: the prefix sums of `power` are exclusive
+    torch.exp(cells.offset, out=base[:, 1:])
+    if members is not None:
+        base[:, 1:].mul_(members)
     power = base.clone()
-    cum = weight.new_zeros(c, j, length + 1)
-    for n in range(1, order + 1):
+    cum = base.new_zeros(c, j, length + 1)
+    # steps[t - 1] = exp(top_{r-t} - top_r) <= 1, raised to the power n by the orders that add cells one by one.
+    few = min(max(reach, default=0), ranks - 1, _FEW_CELLS)
+    steps = [cells.top[:, :-t].sub(cells.top[:, t:]).exp_() for t in range(1, few + 1)]
+    for n, cells_below in enumerate(reach, 1):
         if n > 1:
             power.mul_(base)
-        torch.mul(weight, power.unsqueeze(1), out=cum[..., 1:])
-        cum.cumsum_(2)
+        if weight is None:
+            torch.cumsum(power, 1, out=cum.view(c, length + 1))
+        else:
+            torch.mul(weight, power[:, 1:].unsqueeze(1), out=cum[..., 1:])
+            cum.cumsum_(2)
         totals = cum.gather(2, start[..., 1:]).sub_(cum.gather(2, start[..., :-1]))
+        cells_below = min(cells_below, ranks - 1)
+        if cells_below > _FEW_CELLS:
+            yield cum, _carry(totals, cells.top, n, cells_below)
+            continue
         carry = torch.zeros_like(totals)
-        for t in range(1, min(_cells_needed(order, n), ranks - 1) + 1):
-            gap = cells.top[:, :-t].sub(cells.top[:, t:]).mul_(n).exp_()  # top_{r-t} - top_r <= 0
+        for t in range(1, cells_below + 1):
+            gap = steps[t - 1] if n == 1 else steps[t - 1].pow(n)
             carry[..., t:].addcmul_(totals[..., :-t], gap.unsqueeze(1))
         yield cum, carry
+
+
+#: Up to this many cells in a carry, :func:`_tables` adds them one by one; more, by doubling (:func:`_carry`).
+_FEW_CELLS = 8
+
+
+def _carry(totals: Tensor, top: Tensor, n: int, cells: int) -> Tensor:
+    r"""``carry[..., r] = sum_{t=1..cells} totals[..., r-t] exp(n (top[r-t] - top[r]))``, in ``O(log cells)`` steps.
+
+    The factors multiply along the ranks (:math:`g(a, c) = g(a, b)\, g(b, c)`, all at most 1), so a
+    window of ``2s`` cells is a window of ``s`` plus the window of ``s`` ending ``s`` ranks
+    lower, scaled by :math:`g(r - s, r)`; the ``cells`` below each rank are the binary digits'
+    windows, laid end to end. Same terms as adding the cells one by one (:func:`_tables`),
+    summed in another order.
+
+    Args:
+        totals: ``[C, J, R]`` per-rank sums, each scaled to its rank's upper edge ``top [C, R]``.
+        top: ``[C, R]`` float64 upper edges (ascending).
+        n: Order (the factors' exponent).
+        cells: Cells below each rank to add (``1 <= cells < R``).
+    """
+
+    def shifted(x: Tensor, shift: int) -> Tensor:
+        """``x[..., r - shift] * g(r - shift, r)``, 0 for ``r < shift``."""
+        out = torch.zeros_like(x)
+        if shift < x.shape[2]:
+            gap = top[:, :-shift].sub(top[:, shift:]).mul_(n).exp_().unsqueeze(1)
+            torch.mul(x[..., :-shift], gap, out=out[..., shift:])
+        return out
+
+    block, size = shifted(totals, 1), 1  # window of `size` ranks ending at r, of the cells below it
+    carry, covered = None, 0
+    remaining = cells
+    while True:
+        if remaining & 1:  # append this window below the ones already covered
+            carry = block.clone() if carry is None else carry.add_(shifted(block, covered))
+            covered += size
+        remaining >>= 1
+        if not remaining:
+            break
+        block = block + shifted(block, size)
+        size *= 2
+    return totals.new_zeros(totals.shape) if carry is None else carry
 
 
 def _at(cum: Tensor, carry: Tensor, probe: _Probe) -> Tensor:
@@ -275,9 +508,13 @@ def _at(cum: Tensor, carry: Tensor, probe: _Probe) -> Tensor:
     return out.add_(carry.gather(2, spread(probe.rank))) if carry.shape[2] > 0 else out
 
 
-def _cells_needed(order: int, n: int) -> int:
-    """Full cells to add below the partial one: dropped terms of order ``n`` stay below ``e^{-(order+1)K}``."""
-    return -(-(order + 1) // n)
+def _cells_needed(exponent: float, width: float, n: int) -> int:
+    r"""Full cells (width ``G``) to add below the partial one: dropped order-``n`` terms stay below ``e^{-E}``.
+
+    A key ``t`` or more full cells below a query's partial cell lies more than ``t G`` below it,
+    and its order-``n`` term :math:`|a_n| e^{-n d} \le e^{-n t G}` (:math:`|a_n| \le 1`).
+    """
+    return max(1, math.ceil(exponent / (n * width) - 1e-9))
 
 
 class _Plan(NamedTuple):
@@ -294,6 +531,75 @@ def _plan(keys: SortedRows, queries: SortedRows, half_width: float) -> _Plan:
     hi = torch.searchsorted(keys.values, (blocks[..., -1] + half_width).contiguous(), right=True).clamp_max(nk)
     first_query = torch.arange(lq // BLOCK, device=lo.device) * BLOCK
     return _Plan(lo, torch.maximum(hi, lo), first_query < queries.sizes.unsqueeze(1))
+
+
+def _members(values: Tensor, member: Tensor, counts: Tensor, width: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The sorted ``values [C, L]`` of one channel's members (``member [C, L]`` bool), left-aligned in ``width`` slots.
+
+    ``counts [C, L + 1]`` long: members among the first ``i`` slots. Slots past a row's members
+    repeat its last member (0 where it has none) and get weight 0. Returns ``(values [C, width],
+    weight [C, 1, width] float64 or None when every slot is a member, source [C, width])``, ``source``
+    the slot of each member.
+    """
+    source = _member_slots(member, counts[:, 1:], width)
+    sizes = counts[:, values.shape[1]]
+    weight = None
+    if not bool((sizes == width).all()):
+        weight = (torch.arange(width, device=values.device) < sizes.unsqueeze(1)).double().unsqueeze(1)
+    return values.gather(1, source), weight, source
+
+
+def _query_tails(
+    values: Tensor,
+    weight: Tensor | None,
+    lo: Tensor,
+    above: Tensor,
+    zq: Tensor,
+    series: TailSeries,
+    count_cells: bool,
+) -> tuple[Tensor, Tensor]:
+    r"""The series part of every query's tails over the sorted keys ``values``, and its derivative in the query.
+
+    Args:
+        values: ``[C, L]`` float64 sorted keys (``z`` units).
+        weight: ``[C, J, L]`` float64 channel weights of the keys, or ``None`` (one channel, 1 on every slot).
+        lo: ``[C, nb]`` long: each block's lower tail is the key prefix ``values[:, :lo]``.
+        above: ``[C, nb]`` long: its upper tail is the prefix of that length of the flipped keys.
+        zq: ``[C, nb, BLOCK]`` float64 queries.
+        series: The window and series.
+        count_cells: See :class:`Sizes`.
+
+    Returns:
+        ``[C, J, nb, BLOCK]`` each: :math:`\sum_n a_n (B_n - A_n)` and :math:`-\sum_n n a_n (B_n + A_n)`,
+        with :math:`B_n = \sum_{below} w_j e^{n (z_j - q)}` and :math:`A_n = \sum_{above} w_j e^{-n (z_j - q)}`
+        (the series' constant 1 per key above the window is not included).
+    """
+    side = _side(values, series.half_width, count_cells)
+    c, nb, b = zq.shape
+    n_ch = 1 if weight is None else weight.shape[1]
+    binary = weight if weight is not None and n_ch == 1 else None  # 0/1 weights: folded into the powers
+    # The queries of a block share its window, hence its prefixes: looked up once per block.
+    below_at, above_at = _probe(side.up, lo), _probe(side.down, above)
+    below_scale = _scale(side.up, lo, zq).unsqueeze(1)
+    above_scale = _scale(side.down, above, zq.neg()).unsqueeze(1)
+    below_f, above_f = below_scale, above_scale  # scale ** n
+    if binary is not None:
+        ups = _tables(side.up, None, series.reach, binary[:, 0])
+        downs = _tables(side.down, None, series.reach, binary[:, 0].flip(1))
+    else:
+        flipped = None if weight is None else weight.flip(2)
+        ups, downs = _tables(side.up, weight, series.reach), _tables(side.down, flipped, series.reach)
+    value = values.new_zeros(c, n_ch, nb, b)
+    slope = torch.zeros_like(value)
+    for n, (up, down, a_n) in enumerate(zip(ups, downs, series.coefficients, strict=True), 1):
+        if n > 1:
+            below_f, above_f = below_f * below_scale, above_f * above_scale
+        below = _at(*up, below_at).unsqueeze(3) * below_f
+        above = _at(*down, above_at).unsqueeze(3) * above_f
+        # sigma(d) = sum_n a_n e^{n d} below the window, 1 - sum_n a_n e^{-n d} above it
+        value.add_(below - above, alpha=a_n)
+        slope.sub_(below.add_(above), alpha=a_n * n)
+    return value, slope
 
 
 def _chunks(lengths: list[int], width: int, chunk: int) -> list[tuple[int, int]]:
@@ -487,13 +793,16 @@ def _windowed(
 
     ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key;
     ``key_mask`` ``[C, Lk, J]`` bool, or ``None`` for one channel holding every key slot.
-    One host read plans the chunks (the sorted window lengths).
+    One host read plans the chunks (the sorted window lengths); on the CPU plan (``count_cells``,
+    where a read is free) a second one sizes each channel's own keys for its tail tables.
     """
     dtype, device = keys.values.dtype, keys.values.device
+    key_mask_given = key_mask
     if key_mask is None:
         key_mask = torch.ones_like(keys.values, dtype=torch.bool).unsqueeze(2)
     c = tau.shape[0]
-    half_width, order = window_and_order(dtype, narrow=sizes.narrow)
+    series = tail_series(dtype, narrow=sizes.narrow)
+    half_width = series.half_width
     # Scaled scores in float64, relative to each class's lowest key: the tails need accurate
     # differences even when |s| / tau is huge.
     tau64 = tau.double().unsqueeze(1)
@@ -503,31 +812,34 @@ def _windowed(
     plan = _plan(SortedRows(zk, keys.rows, keys.sizes), SortedRows(zq, queries.rows, queries.sizes), half_width)
     nb = lq // BLOCK
     self_blocks = None if own is None else own.slot.view(c * nb, BLOCK)
-    lo_q = plan.lo.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
-    hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)
+    hi_q = plan.hi.repeat_interleave(BLOCK, dim=1)  # [C, Lq]
 
     # Exponential tails (float64), channels first: values and their derivative in the query.
     # Keys below a query's window are prefixes of the ascending keys ("up"); those above it,
     # prefixes of the negated, flipped keys ("down").
-    key_side = _side(zk, half_width, sizes.count_cells)
     w = key_mask.permute(0, 2, 1).double()  # [C, J, Lk]
     count = w.new_zeros(c, n_ch, lk + 1)
     count[..., 1:] = w.cumsum(2)
     ends = keys.sizes.view(c, 1, 1).expand(c, n_ch, 1)
     tail = count.gather(2, ends) - count.gather(2, hi_q.unsqueeze(1).expand(c, n_ch, lq))  # [C, J, Lq]
-    tail_dq = torch.zeros_like(tail)
-    below_at, above_at = _probe(key_side.up, lo_q), _probe(key_side.down, lk - hi_q)
-    below_scale, above_scale = _scale(key_side.up, lo_q, zq), _scale(key_side.down, lk - hi_q, -zq)
-    below_f, above_f = below_scale, above_scale  # scale ** n
-    up_down = zip(_tables(key_side.up, w, order), _tables(key_side.down, w.flip(2), order), strict=True)
-    for n, (up, down) in enumerate(up_down, 1):
-        if n > 1:
-            below_f, above_f = below_f * below_scale, above_f * above_scale
-        below = _at(*up, below_at).mul_(below_f.unsqueeze(1))
-        above = _at(*down, above_at).mul_(above_f.unsqueeze(1))
-        sign = 1.0 if n % 2 else -1.0
-        tail.add_(below - above, alpha=sign)
-        tail_dq.sub_(below.add_(above), alpha=sign * n)
+    zq_blocks = zq.view(c, nb, BLOCK)
+    members: list[tuple[Tensor, Tensor | None]] | None = None
+    if key_mask_given is None:  # one channel holding every key slot: no weights
+        parts = [_query_tails(zk, None, plan.lo, lk - plan.hi, zq_blocks, series, sizes.count_cells)]
+    elif sizes.count_cells:  # a host read is free: each channel's tables over its own keys only
+        counts = count.long()
+        widths = counts[..., lk].amax(0).tolist()
+        parts, members = [], []
+        for ch, width in enumerate(widths):
+            ch_counts = counts[:, ch]
+            values, weight, source = _members(zk, key_mask[..., ch], ch_counts, width)
+            members.append((source, weight))
+            lo, above = ch_counts.gather(1, plan.lo), width - ch_counts.gather(1, plan.hi)
+            parts.append(_query_tails(values, weight, lo, above, zq_blocks, series, sizes.count_cells))
+    else:
+        parts = [_query_tails(zk, w, plan.lo, lk - plan.hi, zq_blocks, series, sizes.count_cells)]
+    tail += torch.cat([part[0] for part in parts], 1).view(c, n_ch, lq)
+    tail_dq = torch.cat([part[1] for part in parts], 1).view(c, n_ch, lq)
     tail, tail_dq = tail.transpose(1, 2).contiguous(), tail_dq.transpose(1, 2)  # [C, Lq, J]
 
     # Window blocks, in chunks of similar window length.
@@ -581,7 +893,7 @@ def _windowed(
     ratios = sums.view(c, lq, n_ch).double() + tail
     value, slope = _evaluate(objective, ratios, params)
     grad_q = grad_q.view(c, lq) + (slope * tail_dq).sum(2).to(dtype)
-    grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, order, half_width, sizes).flatten()
+    grad_k += _key_tail_grad(zq, zk, plan, slope, key_mask, series, sizes, members).flatten()
     return value, ratios, grad_k.view(c, lk).to(dtype), grad_q
 
 
@@ -679,47 +991,80 @@ class _PairSums(torch.autograd.Function):
 
 
 def _key_tail_grad(
-    zq: Tensor, zk: Tensor, plan: _Plan, slope: Tensor, key_mask: Tensor, order: int, half_width: float, sizes: Sizes
+    zq: Tensor,
+    zk: Tensor,
+    plan: _Plan,
+    slope: Tensor,
+    key_mask: Tensor,
+    series: TailSeries,
+    sizes: Sizes,
+    members: list[tuple[Tensor, Tensor | None]] | None = None,
 ) -> Tensor:
     """Gradient of every query's exponential tails with respect to the keys, ``[C, Lk]`` float64.
 
     Key ``j`` lies in the lower tail of the queries whose block window starts after it and in
     the upper tail of those whose window ends at or before it; both sets are contiguous runs
     of the sorted queries, so the sums are prefix/suffix sums over queries. Keys are taken
-    ``sizes.items`` slots at a time to bound the temporaries.
+    ``sizes.items`` slots at a time to bound the temporaries. ``members``: per channel, the key
+    slots of its members ``[C, width]`` and their weight (``None``: 1, else ``[C, 1, width]``, 0 on
+    padding slots), from :func:`_members`; each channel's sums are then formed on its own keys only
+    (``key_mask`` unused), else on every key slot and channel.
     """
     c, lk = zk.shape
     lq, n_ch = zq.shape[1], slope.shape[2]
-    query_side = _side(zq, half_width, sizes.count_cells)
+    query_side = _side(zq, series.half_width, sizes.count_cells)
     w = slope.permute(0, 2, 1).contiguous()  # [C, J, Lq]
-    # Per order, the sums of every query prefix ("up": queries below a key; "down": above it,
-    # on the negated, flipped queries), scaled to the upper edge of the prefix's last cell:
-    # [C, J, Lq + 1] each; a key then reads its prefix's entry (one gather per order).
-    every = torch.arange(lq + 1, device=zk.device).expand(c, lq + 1)
-    up_at, down_at = _probe(query_side.up, every), _probe(query_side.down, every)
+    # Per order, the sums of the query prefixes that end at a block boundary ("up": queries
+    # below a key; "down": above it, on the negated, flipped queries), scaled to the upper edge
+    # of the prefix's last cell: [C, J, nb + 1] each, entry i for the first i * BLOCK queries;
+    # a key then reads its prefix's entry (one gather per order).
+    nb = lq // BLOCK
+    bounds = torch.arange(0, lq + 1, BLOCK, device=zk.device).expand(c, nb + 1)
+    up_at, down_at = _probe(query_side.up, bounds), _probe(query_side.down, bounds)
     tables = [
         (_at(*up, up_at), _at(*down, down_at))
-        for up, down in zip(_tables(query_side.up, w, order), _tables(query_side.down, w.flip(2), order), strict=True)
+        for up, down in zip(
+            _tables(query_side.up, w, series.reach), _tables(query_side.down, w.flip(2), series.reach), strict=True
+        )
     ]
     out = zk.new_zeros(c, lk)
+    # Per key slot j, the blocks whose window starts at or before j (lo <= j) and those whose
+    # window ends at or before j (hi <= j): running counts of the window ends, read per key.
+    ones = torch.ones_like(plan.lo)
+    starts = torch.zeros(c, lk + 1, dtype=torch.long, device=zk.device).scatter_add_(1, plan.lo, ones).cumsum_(1)
+    ends = torch.zeros(c, lk + 1, dtype=torch.long, device=zk.device).scatter_add_(1, plan.hi, ones).cumsum_(1)
+
+    def at_keys(slots: Tensor, x: Tensor, ch: slice) -> Tensor:
+        """``[C, J', S]`` series sums of the keys in ``slots [C, S]`` (scores ``x``) over channels ``ch``."""
+        after = starts.gather(1, slots)  # blocks >= after: key below their window
+        before = ends.gather(1, slots)  # blocks < before: key above their window
+        above = nb - after  # blocks above the key, counted from the top
+        above_scale = _scale(query_side.down, above * BLOCK, -x)
+        below_scale = _scale(query_side.up, before * BLOCK, x)
+        above_f, below_f = above_scale, below_scale  # scale ** n
+        shape = (c, len(range(n_ch)[ch]), slots.shape[1])
+        above_idx, below_idx = above.unsqueeze(1).expand(shape), before.unsqueeze(1).expand(shape)
+        part = zk.new_zeros(shape)
+        for n, ((up, down), a_n) in enumerate(zip(tables, series.coefficients, strict=True), 1):
+            if n > 1:
+                above_f, below_f = above_f * above_scale, below_f * below_scale
+            part.addcmul_(down[:, ch].gather(2, above_idx), above_f.unsqueeze(1), value=n * a_n)
+            part.addcmul_(up[:, ch].gather(2, below_idx), below_f.unsqueeze(1), value=n * a_n)
+        return part
+
+    if members is not None:  # each channel over its own keys: members packed, weight 0 on padding
+        for ch, (source, valid) in enumerate(members):
+            for start in range(0, source.shape[1], sizes.items):
+                slots = source[:, start : start + sizes.items].contiguous()
+                part = at_keys(slots, zk.gather(1, slots), slice(ch, ch + 1))[:, 0]
+                if valid is not None:  # padding slots repeat a member: weight 0
+                    part.mul_(valid[:, 0, start : start + sizes.items])
+                out.scatter_add_(1, slots, part)
+        return out
     for start in range(0, lk, sizes.items):
         stop = min(lk, start + sizes.items)
         slots = torch.arange(start, stop, device=zk.device).expand(c, -1).contiguous()
-        after = torch.searchsorted(plan.lo, slots, right=True) * BLOCK  # queries >= after: key below their window
-        before = torch.searchsorted(plan.hi, slots, right=True) * BLOCK  # queries < before: key above their window
-        x = zk[:, start:stop]
-        above_cut = lq - after
-        above_scale, below_scale = _scale(query_side.down, above_cut, -x), _scale(query_side.up, before, x)
-        above_f, below_f = above_scale, below_scale  # scale ** n
-        above_idx = above_cut.unsqueeze(1).expand(c, n_ch, stop - start)
-        below_idx = before.unsqueeze(1).expand(c, n_ch, stop - start)
-        part = zk.new_zeros(c, n_ch, stop - start)
-        for n, (up, down) in enumerate(tables, 1):
-            if n > 1:
-                above_f, below_f = above_f * above_scale, below_f * below_scale
-            sign_n = n if n % 2 else -n
-            part.addcmul_(down.gather(2, above_idx), above_f.unsqueeze(1), value=sign_n)
-            part.addcmul_(up.gather(2, below_idx), below_f.unsqueeze(1), value=sign_n)
+        part = at_keys(slots, zk[:, start:stop], slice(None))
         out[:, start:stop] = part.masked_fill_(~key_mask[:, start:stop].transpose(1, 2), 0.0).sum(1)
     return out
 
@@ -818,7 +1163,13 @@ def pair_sums(
         )
     else:
         keys = sorted_rows(s_t, key_t, nk, lk)
-        queries = sorted_rows(s_t, query_t, nq, -(-lq // BLOCK) * BLOCK)
+        width = -(-lq // BLOCK) * BLOCK
+        # Queries that are all keys (a free host read on the CPU plan): picked from the sorted keys,
+        # no second sort.
+        if queries_are_keys and sizes.one_class and not bool((query_t & ~key_t).any()):
+            queries = _sorted_subset(keys, query_t, nq, width)
+        else:
+            queries = sorted_rows(s_t, query_t, nq, width)
     # [C, Lk, J]; None: a single channel holding every key slot (no padding slot: every key of
     # every class, or a single class; the kernels then leave out their products with ones).
     key_mask: Tensor | None = None
