@@ -1230,7 +1230,8 @@ def _one_class(
     query_rows = query_mask.nonzero()[:, 0]
     key_rows = None
     if sizes.one_class and not queries_are_keys:
-        key_rows = (key_channels[:, 0, 0] if key_channels.shape[2] == 1 else key_channels.any(2)[:, 0]).nonzero()[:, 0]
+        key_set = key_channels.reshape(-1) if key_channels.shape[2] == 1 else key_channels.any(2)[:, 0]
+        key_rows = key_set.nonzero()[:, 0]
     keys = scores.shape[0] if key_rows is None else key_rows.shape[0]
     if query_rows.shape[0] * keys > min(sizes.dense_max, sizes.chunk):  # not dense, or not one block
         return None
@@ -1260,16 +1261,16 @@ class _OneClass(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         small = sizes.small_bmm
         queries = scores.index_select(0, query_rows)  # [Lq, 1]
-        channels = key_channels[:, 0]  # [M, J]
-        keys = scores
-        if key_rows is not None:
-            keys, channels = scores.index_select(0, key_rows), channels.index_select(0, key_rows)
-        mask = channels.to(scores.dtype)  # [Lk, J]
+        keys = scores if key_rows is None else scores.index_select(0, key_rows)
+        mask = None  # a single channel's packed keys are all in it: no mask to multiply by (the same sums)
+        if key_rows is None or key_channels.shape[2] > 1:
+            channels = key_channels[:, 0] if key_rows is None else key_channels[:, 0].index_select(0, key_rows)
+            mask = channels.to(scores.dtype)  # [Lk, J]
         with FlushDenormals(scores.device.type == "cpu" and not torch.compiler.is_compiling()):
             # Differences are formed on the raw scores, then scaled: (s_j - s_i) / tau rounds once.
             sig = (keys.t() - queries).div_(tau)  # [Lq, Lk]
             flip = torch.neg(sig).sigmoid_()  # sigma(-d) = 1 - sigma(d), without the cancellation
-            ratios = _mm(sig.sigmoid_(), mask, small).double()  # [Lq, J]
+            ratios = _key_sums(sig.sigmoid_(), mask, small).double()  # [Lq, J]
             query_w = None if weight is None else weight.double().index_select(0, query_rows)
             value, slope = _evaluate(objective, ratios, QueryParams(query_w, class_params.double()))
             slope = slope.to(sig.dtype)
@@ -1277,10 +1278,11 @@ class _OneClass(torch.autograd.Function):
             if queries_are_keys:  # its pair with itself: the sigmoid is summed, the derivative left out
                 sig.scatter_(1, query_rows.unsqueeze(1), 0.0)
             # d value / d z: + on the keys, - on the queries
-            grad = _channel_sum(_mm(sig.t(), slope, small).mul_(mask))
+            # (one channel without a mask: the slope weighs each query's row)
+            grad = sig.mul(slope).sum(0) if mask is None else _channel_sum(_mm(sig.t(), slope, small).mul_(mask))
             if key_rows is not None:
                 grad = grad.new_zeros(scores.shape[0]).index_add_(0, key_rows, grad)
-            query_grad = _channel_sum(_mm(sig, mask, small).mul_(slope))
+            query_grad = _channel_sum(_key_sums(sig, mask, small).mul_(slope))
             ctx.grad = grad.index_add_(0, query_rows, query_grad, alpha=-1.0).div_(tau).unsqueeze(1)
         ctx.mark_non_differentiable(ratios)
         return value.sum(0, keepdim=True).to(scores.dtype), ratios.unsqueeze(0)
@@ -1290,6 +1292,11 @@ class _OneClass(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor | None, _unused: Any) -> tuple[Tensor | None, ...]:
         grad = None if grad_out is None else ctx.grad * grad_out
         return grad, None, None, None, None, None, None, None, None, None
+
+
+def _key_sums(x: Tensor, mask: Tensor | None, small: int) -> Tensor:
+    """``[Lq, J]`` channel sums ``x @ mask`` of ``x [Lq, Lk]``; ``mask=None``: one channel holding every key."""
+    return x.sum(1, keepdim=True) if mask is None else _mm(x, mask, small)
 
 
 def _gathered(s_t: Tensor, rows: Tensor, sizes: Tensor) -> SortedRows:
