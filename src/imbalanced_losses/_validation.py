@@ -307,5 +307,5 @@ def binary_range(targets: Tensor) -> bool:
     :func:`binary_offenders` (one ``aminmax`` instead of the five comparisons of the exact
     check, which only runs when this one fails).
     """
-    low, high = torch.aminmax(targets.detach())
+    low, high = torch.aminmax(targets.detach() if targets.requires_grad else targets)
     return low.item() >= 0 and high.item() <= 1  # host comparisons: no further tensor operation
