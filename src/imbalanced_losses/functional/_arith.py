@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +12,16 @@ from torch import Tensor
 
 #: Smallest positive normal double: half of it is subnormal, or 0 where subnormals are flushed.
 _SMALLEST_NORMAL = sys.float_info.min
+
+
+def _round_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+#: Rounding of a Python float to each dtype whose arithmetic a host road reproduces: a float32
+#: ``+ - * /`` of float32 values equals the double result rounded once to float32.
+HOST_ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
 
 
 def compute_dtype(logits: Tensor) -> torch.dtype:

@@ -7,12 +7,12 @@ mask), with :func:`torch.quantile`'s values exactly, from the order statistics t
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from ._arith import HOST_ROUNDING
 from ._constants import device_constant
 from ._plan import PLANS, kernel_plan, override
 
@@ -52,7 +52,7 @@ def masked_column_quantiles(
         and c == 1
         and 0 < m <= SORT_MAX
         and x.device.type == "cpu"
-        and x.dtype in _ROUNDING
+        and x.dtype in HOST_ROUNDING
         and (not isinstance(levels, Tensor) or levels.dtype == x.dtype)
         and not torch.compiler.is_compiling()
     )
@@ -82,15 +82,6 @@ def masked_column_quantiles(
     return values if member is None else values.masked_fill(counts == 0, float("nan")), counts
 
 
-def _round_float32(value: float) -> float:
-    """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
-    return float(struct.unpack("f", struct.pack("f", value))[0])
-
-
-#: Rounding of a Python float to each dtype the host road of the quantiles serves.
-_ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
-
-
 def sorted_column_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], interpolation: str) -> Tensor:
     """:func:`torch.quantile` of each column of ``ordered`` at ``levels``, ranks formed on the host: ``[L, ...]``.
 
@@ -106,7 +97,7 @@ def sorted_column_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], i
     values = levels.tolist() if isinstance(levels, Tensor) else levels
     if n == 0:
         return ordered.new_full((len(values), *ordered.shape[1:]), float("nan"))
-    to_dtype = _ROUNDING[dtype]
+    to_dtype = HOST_ROUNDING[dtype]
     ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in values]
     if interpolation in ("linear", "midpoint"):
         below = [math.floor(r) for r in ranks]

@@ -10,10 +10,12 @@ from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
-from ._arith import class_sum, safe_divide, safe_reciprocal
+from ._arith import HOST_ROUNDING, class_sum, safe_divide, safe_reciprocal
+from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
 from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
+from ._plan import kernel_plan
 from ._pool import Pairs, Pool, entries, flagged, row_mask, select_pairs
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles
 from ._reduce import RankingResult
@@ -78,6 +80,66 @@ def _pairwise_objective(r: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]
     return coef * (1.0 - r[..., 0] * inv_band), (-coef * inv_band).unsqueeze(-1)
 
 
+def host_bookkeeping(scores: Tensor, weight: Tensor | None, diagnostics: bool) -> bool:
+    """Whether the pairwise surrogate's per-class bookkeeping runs on the host (:func:`_pairwise_one_column`).
+
+    A single unweighted column without diagnostics, on a plan whose host reads are free (the CPU's).
+    """
+    return (
+        scores.shape[1] == 1
+        and weight is None
+        and not diagnostics
+        and kernel_plan(scores.device).one_class
+        and scores.dtype in HOST_ROUNDING
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _pairwise_one_column(
+    scores: Tensor,
+    thresholds: Tensor,
+    numer: Tensor,
+    neg: Tensor,
+    neg_iid: Tensor,
+    *,
+    iqr: bool,
+    temperature: float | Tensor,
+) -> RankingResult:
+    """The pairwise surrogate of one unweighted column, its bookkeeping (scale, counts, validity) read on the host.
+
+    Small binary pools are dominated by the fixed cost of each operation; a host read is free on
+    the CPU, and the per-class values here are Python numbers, each rounded to the scores' dtype
+    as the tensor arithmetic of :func:`pauc_at_budget_core` rounds it (one float32 ``+ - * /`` of
+    float32 values is the double result rounded once), so the result is the same, bitwise, with
+    about a dozen operations fewer. ``thresholds [L, 1]``: the band edges, then the quartiles.
+    """
+    dtype, device = scores.dtype, scores.device
+    rounded = HOST_ROUNDING[dtype]
+    t_alpha, t_beta, *quartiles = thresholds.view(-1).tolist()
+    scale = rounded(quartiles[0] - quartiles[1]) if iqr else rounded(t_alpha - t_beta)
+    dispersed = scale > MIN_DISPERSION  # False for nan (no reference row)
+    tau = rounded(rounded(float(temperature)) * scale)
+    den = int(numer.sum())
+    gated = den > 0 and bool(neg_iid.any())  # den > 0 implies a numerator positive, hence a positive
+    band = neg & (scores >= t_beta) & (scores <= t_alpha)  # a nan threshold leaves the band empty
+    n_band = int(band.sum())
+    valid = gated and dispersed and n_band > 0
+    # (1 / den, 1 / |B|) as safe_reciprocal forms them: the count converted to the dtype, then inverted
+    params = [rounded(1.0 / rounded(float(n))) if n > 0 else 1.0 for n in (den, n_band)]
+    out = pair_sums(
+        scores,
+        torch.tensor([tau if gated and dispersed else 1.0], dtype=dtype, device=device),
+        band.unsqueeze(2),
+        numer,
+        None,
+        torch.tensor([params], dtype=dtype, device=device),
+        _pairwise_objective,
+        queries_are_keys=False,
+    )
+    degenerate = device_constant((True,), torch.bool, device) if gated and not dispersed else None
+    return RankingResult(1.0 - out.per_class, device_constant((valid,), torch.bool, device), None, degenerate)
+
+
 def pauc_at_budget_core(
     pool: Pool,
     *,
@@ -135,7 +197,10 @@ def pauc_at_budget_core(
     else:
         # One selection pass resolves every threshold of every class: band edges and quartiles.
         levels = [1.0 - alpha, 1.0 - beta, *((0.75, 0.25) if iqr else ())]
-        t_alpha, t_beta, *quartiles = masked_column_quantiles(scores, ref, levels, interpolation)[0].unbind(0)
+        thresholds = masked_column_quantiles(scores, ref, levels, interpolation)[0]
+        if host_bookkeeping(scores, weight, diagnostics):
+            return _pairwise_one_column(scores, thresholds, numer, neg, neg_iid, iqr=iqr, temperature=temperature)
+        t_alpha, t_beta, *quartiles = thresholds.unbind(0)
         scale = quartiles[0] - quartiles[1] if iqr else t_alpha - t_beta
         dispersed = scale > MIN_DISPERSION
         tau_eff = temperature * scale
