@@ -22,6 +22,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
+from ._arith import HOST_ROUNDING
 
 #: Name of the environment variable that overrides the plan (``auto``, ``cpu`` or ``cuda``).
 PLAN_ENV = "IMBALANCED_LOSSES_PLAN"
@@ -162,3 +165,18 @@ def kernel_plan(device: torch.device) -> KernelPlan:
 def override(module_value: int, cpu_value: int, plan_value: int) -> int:
     """``plan_value``, unless a module-level constant was changed from its CPU value (tests force paths so)."""
     return plan_value if module_value == cpu_value else module_value
+
+
+def host_scalars(scores: Tensor) -> bool:
+    """Whether the per-class values of ``scores [M, C]`` may be formed on the host as Python numbers.
+
+    One column, a plan whose host reads are free (the CPU's: ``one_class``), a dtype whose
+    arithmetic :data:`~._arith.HOST_ROUNDING` reproduces, and no ``torch.compile`` tracing. Small
+    binary pools are dominated by the fixed cost of each operation; a number costs none.
+    """
+    return (
+        scores.shape[1] == 1
+        and kernel_plan(scores.device).one_class
+        and scores.dtype in HOST_ROUNDING
+        and not torch.compiler.is_compiling()
+    )

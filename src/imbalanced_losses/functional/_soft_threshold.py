@@ -38,19 +38,26 @@ healthy.
 gradient there, in closed form, and the backward pass is one product: a fraction of the
 operations autograd would dispatch through the same formula (the cost of a loss call on a
 GPU), and none of its temporaries is kept for the backward pass.
+
+**One column on the CPU.** A small binary pool is dominated by the fixed cost of each
+operation, and a host read is free on the CPU: there the per-class values (the scale and
+temperature, the total weight, their reciprocals) are Python numbers (:class:`Scalars`), each
+rounded to the scores' dtype as the tensor arithmetic rounds it, so that every result is the
+same, bitwise, for about ten operations fewer (``tests/test_host_scalars.py``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._arith import FlushDenormals, safe_reciprocal
+from ._arith import HOST_ROUNDING, FlushDenormals, safe_reciprocal
 from ._constants import device_constant
-from ._plan import PLANS, kernel_plan, override
+from ._plan import PLANS, host_scalars, kernel_plan, override
 from ._pool import positive_weights
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles, sorted_column_quantiles
 
@@ -73,15 +80,32 @@ class Knots(NamedTuple):
     scale: tuple[int, int] | None
 
 
+class Scalars(NamedTuple):
+    """A single column's per-class values as Python numbers, rounded to the scores' dtype as tensors would be."""
+
+    den: float  # the positives' total weight
+    tau: float  # the effective temperature
+    flat: bool  # the scale is at most MIN_DISPERSION
+    inv_den: float  # 1 / den (1 without a positive)
+    inv_tau: float
+    knot: float  # the first threshold (0 in place of nan)
+    temperature: float
+    finite: bool  # every threshold is finite
+
+
 class Crossings(NamedTuple):
-    """The kernel's result, per class ``[C]`` (``thresholds [L, C]``); only ``loss`` carries a gradient."""
+    """The kernel's result, per class ``[C]`` (``thresholds [L, C]``); only ``loss`` carries a gradient.
+
+    On the host road (``host``) ``tau`` and ``flat`` are ``None``: read them from ``host``.
+    """
 
     loss: Tensor  # 1 - the weighted mean soft crossing of the positives
     den: Tensor  # the positives' total weight (0: no positive)
     thresholds: Tensor  # exact quantile values, nan for a class without reference rows
-    tau: Tensor  # the effective temperature
-    flat: Tensor  # bool: the scale is at most MIN_DISPERSION (tau is then in logits); False without a scale
+    tau: Tensor | None  # the effective temperature
+    flat: Tensor | None  # bool: the scale is at most MIN_DISPERSION (tau is then in logits); False without a scale
     crossing: Tensor | None  # [M, C] each row's knot-weighted soft crossing, when asked for
+    host: Scalars | None = None  # the same values as numbers, when the host road formed them
 
 
 def soft_crossings(
@@ -95,6 +119,7 @@ def soft_crossings(
     temperature: float | Tensor,
     interpolation: str,
     keep_crossing: bool = False,
+    host: bool = False,
 ) -> Crossings:
     r"""The loss of every class at once (see the module docstring), with its gradient formed in the forward pass.
 
@@ -111,6 +136,10 @@ def soft_crossings(
         temperature: :math:`\tau`, a float or a 0-d tensor.
         interpolation: :func:`torch.quantile`'s interpolation of the thresholds.
         keep_crossing: Also return each row's soft crossing (diagnostics).
+        host: The caller reads ``tau`` and ``flat`` from ``Crossings.host`` when it is set: a
+            single column on a plan whose host reads are free (:func:`._plan.host_scalars`) then
+            forms its per-class values as numbers (:class:`Scalars`; the same results bitwise,
+            about ten operations fewer).
     """
     with torch.no_grad():
         if ref is None and scores.shape[1] == 1:  # ranks formed on the host: one sort, one indexing
@@ -118,10 +147,46 @@ def soft_crossings(
         else:
             thresholds = masked_column_quantiles(scores, ref, knots.levels, interpolation)[0]
     finite = ref is None and scores.shape[0] > 0  # every threshold is a score: no nan to replace
+    scalars = total = None
+    if host and not keep_crossing and host_scalars(scores):
+        total = _total_weight(numer, weight, scores.dtype)
+        scalars = _scalars(thresholds, total, weight is not None, knots, temperature)
+        finite = scalars.finite
     loss, den, tau, flat, crossing = _SoftThreshold.apply(
-        scores, thresholds, numer, spread, weight, knots, temperature, finite, keep_crossing
+        scores, thresholds, numer, spread, weight, knots, temperature, finite, keep_crossing, scalars
     )
-    return Crossings(loss, den, thresholds, tau, flat, crossing)
+    den = den if total is None else total  # the host road formed it before the kernel
+    return Crossings(loss, den, thresholds, tau, flat, crossing, scalars)
+
+
+def _total_weight(numer: Tensor, weight: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``[C]`` the positives' total weight (a count, exact in any float dtype, when unweighted)."""
+    return numer.sum(0, dtype=dtype) if weight is None else positive_weights(numer, weight, dtype).sum(0)
+
+
+def _scalars(thresholds: Tensor, den: Tensor, weighted: bool, knots: Knots, temperature: float | Tensor) -> Scalars:
+    """:class:`Scalars` of one column: each step of :meth:`_SoftThreshold.forward`'s ``[C]`` arithmetic, rounded alike.
+
+    One float32 ``+ - * /`` of float32 values is the double result rounded once
+    (:data:`~._arith.HOST_ROUNDING`); a tensor times a Python number or 0-d tensor rounds the
+    number to the dtype first.
+    """
+    rounded = HOST_ROUNDING[den.dtype]
+    values = thresholds.view(-1).tolist()
+    rows = [0.0 if math.isnan(v) else v for v in values]  # as nan_to_num: any finite value serves
+    temp = rounded(float(temperature))
+    flat = False
+    tau = temp  # ones * temperature
+    if knots.scale is not None:
+        high, low = knots.scale
+        scale = rounded(rows[high] - rows[low])
+        flat = scale <= MIN_DISPERSION
+        tau = rounded((1.0 if flat else scale) * temp)
+    total = den.item()
+    # as safe_reciprocal (weighted) and clamp_min(1).reciprocal() (a count) form it
+    inv_den = (rounded(1.0 / total) if total > 0 else 1.0) if weighted else rounded(1.0 / max(total, 1.0))
+    finite = all(math.isfinite(v) for v in values)
+    return Scalars(total, tau, flat, inv_den, rounded(1.0 / tau), rows[0], temp, finite)
 
 
 class _Entries(NamedTuple):
@@ -192,29 +257,39 @@ class _SoftThreshold(torch.autograd.Function):
         temperature: float | Tensor,
         finite: bool,
         keep_crossing: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        host: Scalars | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         ctx.set_materialize_grads(False)  # the outputs other than the loss get no gradient to build
         k, (m, c) = len(knots.weights), scores.shape
         # A class without reference rows (nan thresholds) is invalid anyway: any finite value serves.
         t = thresholds if finite else torch.nan_to_num(thresholds, nan=0.0)
-        rows = t.unbind(0)
-        if knots.scale is None:
-            tau, flat = torch.ones_like(rows[0]) * temperature, torch.zeros_like(rows[0], dtype=torch.bool)
-        else:
-            high, low = knots.scale
-            scale = rows[high] - rows[low]
-            flat = scale <= MIN_DISPERSION
-            tau = scale.masked_fill(flat, 1.0) * temperature
-        inv_tau = tau.reciprocal()
-        if weight is None:  # the total weight is a count (exact in any float dtype)
-            den = numer.sum(0, dtype=scores.dtype)
-            inv_den = den.clamp_min(1.0).reciprocal()
-        else:
-            den = positive_weights(numer, weight, scores.dtype).sum(0)
-            inv_den = safe_reciprocal(den)
         e = _entries(scores, numer, weight)
+        tau: Tensor | None
+        flat: Tensor | bool | None
+        inv_tau: Tensor | float
+        inv_den: Tensor | float
+        if host is not None:  # one column: the per-class values are numbers (see `_scalars`)
+            den, tau, flat, inv_tau, inv_den = None, None, host.flat, host.inv_tau, host.inv_den
+            knot: Tensor | float = host.knot if k == 1 else e.per_entry(t[:k])
+            scaled: Tensor | float = inv_tau
+            rate: Tensor | float = HOST_ROUNDING[scores.dtype](inv_den * inv_tau)
+        else:
+            rows = t.unbind(0)
+            if knots.scale is None:
+                tau, flat = torch.ones_like(rows[0]) * temperature, torch.zeros_like(rows[0], dtype=torch.bool)
+            else:
+                high, low = knots.scale
+                scale = rows[high] - rows[low]
+                flat = scale <= MIN_DISPERSION
+                tau = scale.masked_fill(flat, 1.0) * temperature
+            inv_tau = tau.reciprocal()
+            den = _total_weight(numer, weight, scores.dtype)
+            # the total weight is a count when unweighted (exact in any float dtype)
+            inv_den = den.clamp_min(1.0).reciprocal() if weight is None else safe_reciprocal(den)
+            knot, scaled = e.per_entry(rows[0] if k == 1 else t[:k]), e.per_entry(inv_tau)
+            rate = e.per_entry(inv_den * inv_tau)
         # Each positive against each knot, in temperatures: [E], or [K, E] for several knots.
-        z = (e.scores - e.per_entry(rows[0] if k == 1 else t[:k])) * e.per_entry(inv_tau)
+        z = (e.scores - knot) * scaled
         h = torch.sigmoid(z)
         if k == 1:
             hw = crossing = h
@@ -229,25 +304,28 @@ class _SoftThreshold(torch.autograd.Function):
         crossing_w = crossing * e.weight
         loss = 1.0 - e.class_sum(crossing_w, c) * inv_den
         hwp = crossing_w if k == 1 else hw * e.weight
-        ctx.mark_non_differentiable(den, tau, flat)
+        ctx.mark_non_differentiable(*(x for x in (den, tau, flat) if isinstance(x, Tensor)))
         ctx.grad = None
         if ctx.needs_input_grad[0]:
             # a = -d loss / d s_i for each (knot, positive): omega_k w_i sigma'(z) / (den tau).
-            a = (hwp - hwp * h) * e.per_entry(inv_den * inv_tau)
+            a = (hwp - hwp * h) * rate
             a_rows = a if k == 1 else a.sum(0)
             thresholds_part = (
                 None
                 if spread is None
-                else _threshold_part(scores, t, spread, knots, e, a, z, inv_tau, flat, temperature)
+                else _threshold_part(
+                    scores, t, spread, knots, e, a, z, inv_tau, flat, host.temperature if host else temperature
+                )
             )
             ctx.grad = e.subtract(thresholds_part, a_rows, (m, c))
-        return loss, den, tau, flat, (e.to_pool(crossing, (m, c)) if keep_crossing else None)
+        crossing_out = e.to_pool(crossing, (m, c)) if keep_crossing else None
+        return loss, den, tau, (None if isinstance(flat, bool) else flat), crossing_out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         grad = None if ctx.grad is None or grad_loss is None else grad_loss * ctx.grad
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def _threshold_part(
@@ -258,8 +336,8 @@ def _threshold_part(
     e: _Entries,
     a: Tensor,
     z: Tensor,
-    inv_tau: Tensor,
-    flat: Tensor,
+    inv_tau: Tensor | float,
+    flat: Tensor | bool,
     temperature: float | Tensor,
 ) -> Tensor:
     """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows."""
@@ -268,7 +346,11 @@ def _threshold_part(
     g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
     if knots.scale is not None:
         g_tau = e.class_sum(a * z, c, knots=k > 1)
-        g_scale = (g_tau * temperature).masked_fill(flat, 0.0)  # d tau / d scale = temperature
+        # d tau / d scale = temperature (0 where the scale is flat: tau does not follow it there)
+        if isinstance(flat, bool):  # a number (the host road)
+            g_scale = torch.zeros_like(g_tau) if flat else g_tau * temperature
+        else:
+            g_scale = (g_tau * temperature).masked_fill(flat, 0.0)
         high, low = knots.scale
         levels = len(knots.levels)
         if levels > k:  # the scale's two levels follow the knots: +g_scale and -g_scale
@@ -279,7 +361,7 @@ def _threshold_part(
     return _spread(scores, t, spread, g_levels, inv_tau)
 
 
-def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tensor) -> Tensor:
+def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tensor | float) -> Tensor:
     """``[M, C]``: ``sum_l g[l, c] * d t_lc / d s_jc`` with the kernel weights of the module docstring.
 
     Several classes are laid out class-major (``[C, M]``, a copy), so that each softmax reduces
@@ -288,7 +370,8 @@ def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tenso
     x = scores.masked_fill(~spread, float("inf"))  # non-members get weight 0
     neg_inv_tau = -inv_tau
     major = x.shape[1] > 1
-    if major:
+    if major:  # several classes: inv_tau is a [C] tensor
+        assert isinstance(neg_inv_tau, Tensor)
         x, neg_inv_tau = x.t().contiguous(), neg_inv_tau.unsqueeze(1)
     axis = 2 if major else 1  # the rows' axis of an [l, ...] block
     levels, elements = t.shape[0], max(1, x.numel())

@@ -15,7 +15,7 @@ from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
 from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
-from ._plan import kernel_plan
+from ._plan import host_scalars
 from ._pool import Pairs, Pool, entries, flagged, row_mask, select_pairs
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles
 from ._reduce import RankingResult
@@ -85,14 +85,7 @@ def host_bookkeeping(scores: Tensor, weight: Tensor | None, diagnostics: bool) -
 
     A single unweighted column without diagnostics, on a plan whose host reads are free (the CPU's).
     """
-    return (
-        scores.shape[1] == 1
-        and weight is None
-        and not diagnostics
-        and kernel_plan(scores.device).one_class
-        and scores.dtype in HOST_ROUNDING
-        and not torch.compiler.is_compiling()
-    )
+    return weight is None and not diagnostics and host_scalars(scores)
 
 
 def _pairwise_one_column(
@@ -123,7 +116,6 @@ def _pairwise_one_column(
     gated = den > 0 and bool(neg_iid.any())  # den > 0 implies a numerator positive, hence a positive
     band = neg & (scores >= t_beta) & (scores <= t_alpha)  # a nan threshold leaves the band empty
     n_band = int(band.sum())
-    valid = gated and dispersed and n_band > 0
     # (1 / den, 1 / |B|) as safe_reciprocal forms them: the count converted to the dtype, then inverted
     params = [rounded(1.0 / rounded(float(n))) if n > 0 else 1.0 for n in (den, n_band)]
     out = pair_sums(
@@ -136,8 +128,23 @@ def _pairwise_one_column(
         _pairwise_objective,
         queries_are_keys=False,
     )
-    degenerate = device_constant((True,), torch.bool, device) if gated and not dispersed else None
-    return RankingResult(1.0 - out.per_class, device_constant((valid,), torch.bool, device), None, degenerate)
+    return _one_column_result(1.0 - out.per_class, den, not dispersed, neg_iid, band_empty=n_band == 0, gated=gated)
+
+
+def _one_column_result(
+    loss: Tensor, den: float, flat: bool, neg_iid: Tensor, *, band_empty: bool = False, gated: bool | None = None
+) -> RankingResult:
+    """The result of one column whose validity was read on the host, as :func:`pauc_at_budget_core` forms it.
+
+    ``gated``: the class has a positive weight and an iid negative (looked up when not given);
+    valid if also dispersed (not ``flat``) with a non-empty band, degenerate if gated but flat.
+    """
+    device = loss.device
+    if gated is None:
+        gated = den > 0 and bool(neg_iid.any())  # den > 0 implies a numerator positive, hence a positive
+    valid = device_constant((gated and not flat and not band_empty,), torch.bool, device)
+    degenerate = device_constant((True,), torch.bool, device) if gated and flat else None
+    return RankingResult(loss, valid, None, degenerate)
 
 
 def pauc_at_budget_core(
@@ -190,8 +197,13 @@ def pauc_at_budget_core(
             temperature=temperature,
             interpolation=interpolation,
             keep_crossing=diagnostics,
+            host=not diagnostics,  # the diagnostics read tau and the flat scale as tensors
         )
+        if crossings.host is not None:  # one column: its bookkeeping on the host
+            return _one_column_result(crossings.loss, crossings.host.den, crossings.host.flat, neg_iid)
         loss, qs, den, tau_eff = crossings.loss, crossings.thresholds, crossings.den, crossings.tau
+        assert tau_eff is not None  # the tensor road
+        assert crossings.flat is not None
         dispersed = ~crossings.flat
         t_alpha, t_beta = qs[0], qs[n_knots - 1]
     else:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
+from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_threshold_fraction
 from ._exact_metrics import recall_at_quantile_from_masks
 from ._pool import Pool, select_pairs
@@ -57,10 +58,14 @@ def recall_at_quantile_core(
         knots=knots,
         temperature=temperature,
         interpolation=interpolation,
+        host=not diagnostics,  # the diagnostics read tau as a tensor
     )
+    if out.host is not None:  # one column: its total weight is a number
+        return RankingResult(out.loss, device_constant((out.host.den > 0,), torch.bool, scores.device))
     valid = out.den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(out.loss, valid)
+    assert out.tau is not None  # the tensor road
     stats = pool_stats(pool)
     theta = out.thresholds[0]
     stats["threshold"] = theta
