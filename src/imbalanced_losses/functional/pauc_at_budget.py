@@ -113,7 +113,7 @@ def _pairwise_one_column(
     dispersed = scale > MIN_DISPERSION  # False for nan (no reference row)
     tau = rounded(rounded(float(temperature)) * scale)
     den = int(numer.sum())
-    gated = den > 0 and bool(neg_iid.any())  # den > 0 implies a numerator positive, hence a positive
+    gated = _gated(den, neg_iid)
     band = neg & (scores >= t_beta) & (scores <= t_alpha)  # a nan threshold leaves the band empty
     n_band = int(band.sum())
     # (1 / den, 1 / |B|) as safe_reciprocal forms them: the count converted to the dtype, then inverted
@@ -128,20 +128,21 @@ def _pairwise_one_column(
         _pairwise_objective,
         queries_are_keys=False,
     )
-    return _one_column_result(1.0 - out.per_class, den, not dispersed, neg_iid, band_empty=n_band == 0, gated=gated)
+    return _one_column_result(1.0 - out.per_class, gated=gated, flat=not dispersed, band_empty=n_band == 0)
 
 
-def _one_column_result(
-    loss: Tensor, den: float, flat: bool, neg_iid: Tensor, *, band_empty: bool = False, gated: bool | None = None
-) -> RankingResult:
+def _gated(den: float, neg_iid: Tensor) -> bool:
+    """One column has a positive weight and an iid negative (``den > 0``: a numerator positive, hence a positive)."""
+    return den > 0 and bool(neg_iid.any())
+
+
+def _one_column_result(loss: Tensor, *, gated: bool, flat: bool, band_empty: bool = False) -> RankingResult:
     """The result of one column whose validity was read on the host, as :func:`pauc_at_budget_core` forms it.
 
-    ``gated``: the class has a positive weight and an iid negative (looked up when not given);
-    valid if also dispersed (not ``flat``) with a non-empty band, degenerate if gated but flat.
+    Valid when ``gated`` (see :func:`_gated`) and dispersed (not ``flat``) with a non-empty band;
+    degenerate when gated but flat.
     """
     device = loss.device
-    if gated is None:
-        gated = den > 0 and bool(neg_iid.any())  # den > 0 implies a numerator positive, hence a positive
     valid = device_constant((gated and not flat and not band_empty,), torch.bool, device)
     degenerate = device_constant((True,), torch.bool, device) if gated and flat else None
     return RankingResult(loss, valid, None, degenerate)
@@ -200,7 +201,8 @@ def pauc_at_budget_core(
             host=not diagnostics,  # the diagnostics read tau and the flat scale as tensors
         )
         if crossings.host is not None:  # one column: its bookkeeping on the host
-            return _one_column_result(crossings.loss, crossings.host.den, crossings.host.flat, neg_iid)
+            host = crossings.host
+            return _one_column_result(crossings.loss, gated=_gated(host.den, neg_iid), flat=host.flat)
         loss, qs, den, tau_eff = crossings.loss, crossings.thresholds, crossings.den, crossings.tau
         assert tau_eff is not None  # the tensor road
         assert crossings.flat is not None
