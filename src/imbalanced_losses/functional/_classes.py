@@ -67,12 +67,8 @@ def check_class_weight(class_weight: Any, num_classes: int) -> ClassWeight | Non
 def restrict_pool(pool: Pool, keep: Tensor) -> Pool:
     """The pool's columns of the classes in ``keep`` only (rows are unchanged)."""
     keep = keep.to(pool.scores.device)
-    return Pool(
-        pool.scores.index_select(1, keep),
-        pool.pos.index_select(1, keep),
-        pool.neg.index_select(1, keep),
-        pool.weight,
-        pool.all_rows,
+    return pool._replace(
+        scores=pool.scores.index_select(1, keep), pos=pool.pos.index_select(1, keep), neg=pool.neg.index_select(1, keep)
     )
 
 

@@ -84,7 +84,6 @@ class Scalars(NamedTuple):
     """A single column's per-class values as Python numbers, rounded to the scores' dtype as tensors would be."""
 
     den: float  # the positives' total weight
-    tau: float  # the effective temperature
     flat: bool  # the scale is at most MIN_DISPERSION
     inv_den: float  # 1 / den (1 without a positive)
     inv_tau: float
@@ -96,7 +95,8 @@ class Scalars(NamedTuple):
 class Crossings(NamedTuple):
     """The kernel's result, per class ``[C]`` (``thresholds [L, C]``); only ``loss`` carries a gradient.
 
-    On the host road (``host``) ``tau`` and ``flat`` are ``None``: read them from ``host``.
+    On the host road (``host``) ``tau`` and ``flat`` are ``None``: the callers read the validity
+    from ``host`` (its ``flat`` and ``den``) and ask for no diagnostics there.
     """
 
     loss: Tensor  # 1 - the weighted mean soft crossing of the positives
@@ -136,10 +136,10 @@ def soft_crossings(
         temperature: :math:`\tau`, a float or a 0-d tensor.
         interpolation: :func:`torch.quantile`'s interpolation of the thresholds.
         keep_crossing: Also return each row's soft crossing (diagnostics).
-        host: The caller reads ``tau`` and ``flat`` from ``Crossings.host`` when it is set: a
-            single column on a plan whose host reads are free (:func:`._plan.host_scalars`) then
-            forms its per-class values as numbers (:class:`Scalars`; the same results bitwise,
-            about ten operations fewer).
+        host: The caller needs no ``tau`` or ``flat`` tensor (it reads ``Crossings.host`` when
+            that is set): a single column on a plan whose host reads are free
+            (:func:`._plan.host_scalars`) then forms its per-class values as numbers
+            (:class:`Scalars`; the same results bitwise, about ten operations fewer).
     """
     with torch.no_grad():
         if ref is None and scores.shape[1] == 1:  # ranks formed on the host: one sort, one indexing
@@ -186,7 +186,7 @@ def _scalars(thresholds: Tensor, den: Tensor, weighted: bool, knots: Knots, temp
     # as safe_reciprocal (weighted) and clamp_min(1).reciprocal() (a count) form it
     inv_den = (rounded(1.0 / total) if total > 0 else 1.0) if weighted else rounded(1.0 / max(total, 1.0))
     finite = all(math.isfinite(v) for v in values)
-    return Scalars(total, tau, flat, inv_den, rounded(1.0 / tau), rows[0], temp, finite)
+    return Scalars(total, flat, inv_den, rounded(1.0 / tau), rows[0], temp, finite)
 
 
 class _Entries(NamedTuple):
