@@ -3,11 +3,14 @@
 :func:`~imbalanced_losses.functional._pairs._sorted_subset` picks the queries out of the sorted
 keys (no second sort) and must give :func:`~imbalanced_losses.functional._pairs.sorted_rows`'
 layout; :func:`~imbalanced_losses.functional._pairs._members` packs one channel's keys for its
-own tail tables. Both are checked against a per-row Python reference.
+own tail tables. Both are checked against a per-row Python reference. The narrow products
+(:func:`~imbalanced_losses.functional._pairs._mm`) take one of three layouts by shape; each must
+be the product.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from imbalanced_losses.functional import _pairs
@@ -57,3 +60,31 @@ def test_members_packs_each_row_in_order() -> None:
         assert weight[row, 0, :n].eq(1).all()
         assert weight[row, 0, n:].eq(0).all()
         assert packed[row, n:].eq(packed[row, n - 1] if n else values[row, 0]).all()  # sorted padding
+
+
+@pytest.mark.parametrize(
+    ("rows", "inner", "cols", "road"),
+    [
+        (12, 1024, 2, "blas"),  # a small matrix product: one BLAS call
+        (1, 64, 2, "broadcast"),  # a vector times a matrix
+        (64, 1, 2, "broadcast"),  # an outer product
+        (12, 64, 1, "broadcast"),  # a matrix times a vector
+        (300, 300, 2, "transposed"),  # above the small size: (b^T a^T)^T
+    ],
+)
+def test_narrow_product_roads_equal_the_product(rows: int, inner: int, cols: int, road: str) -> None:
+    g = torch.Generator().manual_seed(rows + inner + cols)
+    a = torch.randn(rows, inner, generator=g, dtype=torch.float64)
+    b = torch.randn(inner, cols, generator=g, dtype=torch.float64)
+    called = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the small roads are taken with several threads only
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.Tensor, "contiguous", lambda self: called.append("transposed") or self.clone())
+            patch.setattr(torch.Tensor, "__matmul__", lambda x, y: called.append("blas") or torch.matmul(x, y))
+            got = _pairs._mm(a, b, 1 << 15)
+    finally:
+        torch.set_num_threads(threads)
+    assert (called[0] if called else "broadcast") == road, called
+    torch.testing.assert_close(got, a @ b, rtol=1e-13, atol=1e-13)

@@ -4,15 +4,18 @@ Its values and gradients are checked against independent references elsewhere
 (``test_reference_recall.py``, ``test_reference_pauc.py``, and the smoothed-quantile derivative
 in ``test_gradcheck.py``); here its own roads must agree with one another: thresholds read at
 ranks formed on the host (every row a member) against the masked selection, the threshold
-weights in blocks against one block, and the host-ranked quantiles against ``torch.quantile``.
+weights in blocks against one block, ``log(1 + e^y)`` as one ``softplus`` against ``exp``, ``+1``,
+``log``, and the host-ranked quantiles against ``torch.quantile``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from imbalanced_losses.functional import _soft_threshold, recall_at_quantile_loss
+from imbalanced_losses.functional import _plan, _soft_threshold, recall_at_quantile_loss
 from imbalanced_losses.functional._quantiles import sorted_column_quantiles
 from imbalanced_losses.functional._soft_threshold import Knots, soft_crossings
 
@@ -70,6 +73,31 @@ def test_threshold_weights_in_blocks_equal_one_block(knots: Knots, monkeypatch: 
     assert blocks == [2] * (len(knots.levels) // 2) + [1] * (len(knots.levels) % 2), blocks
     assert torch.equal(blocked_loss, loss)
     torch.testing.assert_close(blocked_grad, grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("knots", [RECALL, TRAPEZOID], ids=["recall", "trapezoid"])
+def test_softplus_road_equals_the_exp_log_road(
+    dtype: torch.dtype, knots: Knots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small threshold blocks take ``log(1 + e^y)`` as one ``softplus``: the same gradient to rounding."""
+    scores, pos, weight = _pool(203, dtype, 4)
+    scores[::7] *= 40.0  # members hundreds of temperatures from every threshold
+    options = dict(ref=None, numer=pos, spread=~pos, weight=weight, knots=knots, temperature=0.05)
+    calls = []
+    softplus = torch.nn.functional.softplus
+    monkeypatch.setattr(torch.nn.functional, "softplus", lambda y: calls.append(y.numel()) or softplus(y))
+    roads = []
+    for limit in (1 << 62, 0):  # every block by softplus, then none
+        for name in ("cpu", "cuda"):
+            monkeypatch.setitem(_plan.PLANS, name, dataclasses.replace(_plan.PLANS[name], softplus_max=limit))
+        roads.append(_run(scores, interpolation="higher", **options))
+        roads.append(len(calls))
+    (loss, _, grad), used, (loss_exp, _, grad_exp), used_after = roads
+    assert (used, used_after) == (1, 1)  # one softplus block, then none
+    assert torch.equal(loss, loss_exp)  # the forward does not use it
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(grad, grad_exp, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-12)
 
 
 def test_a_class_without_negatives_gets_no_threshold_gradient_and_no_nan() -> None:

@@ -61,12 +61,17 @@ class KernelPlan:
         compact_pool: Rows that take part in no class (``ignore_index``, empty queue slots)
             are removed from the pool before the losses run (a ``nonzero``: smaller pools on
             the CPU; on a GPU the masks exclude them at no synchronisation).
-        small_bmm: Below this many elements, a batched product is a broadcast multiply-sum
-            when several CPU threads run (tiny BLAS calls can stall a busy machine); 0: never.
+        small_bmm: Below this many elements, and when several CPU threads run, a batched,
+            matrix-vector or outer product is a broadcast multiply-sum (BLAS would thread it,
+            and on a busy machine a thread team can stall); a 2-D matrix product stays one BLAS
+            call (one thread at that size). 0: never.
         threshold_block: Elements of the ``[levels, C, M]`` block of the threshold gradient.
         count_cells: The exponential tails' prefix-sum tables get one column per occupied cell
             of the sorted scores, a number read on the host (a free read on the CPU, and tables
             far smaller than the pool); otherwise one per score (a static bound, no read).
+        softplus_max: Threshold-gradient blocks of at most this many elements take
+            ``log(1 + e^y)`` as one ``softplus``; larger ones as ``exp``, ``+ 1``, ``log``
+            (vectorised on the CPU, where ``softplus`` is not; one fused kernel either way on a GPU).
         narrow_window_rows: Pools of at least this many rows (``0``: none) evaluate exactly only
             the pairs within a narrow window and leave the rest to a longer exponential series
             (fewer pair terms, more prefix sums and tables: cheaper where arithmetic is the cost
@@ -92,6 +97,7 @@ class KernelPlan:
     items_elements: int = 0
     count_cells: bool = False
     narrow_window_rows: int = 0
+    softplus_max: int = 1 << 62
 
     def chunk_terms(self, device: torch.device, itemsize: int) -> int:
         """Pair terms per chunk on ``device`` for scores of ``itemsize`` bytes (two work buffers per term).
@@ -129,6 +135,7 @@ PLANS: dict[str, KernelPlan] = {
         threshold_block=1 << 22,
         count_cells=True,
         narrow_window_rows=1 << 15,
+        softplus_max=1 << 14,
     ),
     "cuda": KernelPlan(
         name="cuda",

@@ -16,12 +16,15 @@ class RankingResult(NamedTuple):
         valid: ``[C]`` bool, whether the class could be scored on this pool.
         stats: Optional per-class diagnostics (``[C]`` tensors), or ``None``.
         degenerate: Optional ``[C]`` bool, classes skipped for a degenerate score dispersion.
+        all_valid: Known on the host that every class is valid (``False``: unknown); the
+            reduction then has no placeholder to zero.
     """
 
     loss: Tensor
     valid: Tensor
     stats: dict[str, Tensor] | None = None
     degenerate: Tensor | None = None
+    all_valid: bool = False
 
 
 def reduce_classes(
@@ -64,7 +67,8 @@ def reduce_valid(
     out whenever the per-class loss is itself connected to the graph (the same values and
     gradients, with fewer operations forward and backward).
     """
-    kept = result.loss * result.valid  # the placeholders of invalid classes are finite: exactly 0
+    # the placeholders of invalid classes are finite: exactly 0
+    kept = result.loss if result.all_valid else result.loss * result.valid
     if class_weight is None:  # weights 1 on the valid classes: nothing to multiply; den counts them
         if kept.shape[0] == 1:  # one class: its loss or 0 is the sum, and the mean too (a count of 1)
             return _anchored(kept.reshape(()), result, anchor, checked_finite)

@@ -308,7 +308,7 @@ class _SoftThreshold(torch.autograd.Function):
         ctx.grad = None
         if ctx.needs_input_grad[0]:
             # a = -d loss / d s_i for each (knot, positive): omega_k w_i sigma'(z) / (den tau).
-            a = (hwp - hwp * h) * rate
+            a = torch.addcmul(hwp, hwp, h, value=-1.0).mul_(rate)  # hwp - hwp h, one operation
             a_rows = a if k == 1 else a.sum(0)
             thresholds_part = (
                 None
@@ -342,9 +342,17 @@ def _threshold_part(
 ) -> Tensor:
     """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows."""
     k, c = len(knots.weights), scores.shape[1]
+    levels = len(knots.levels)
     # d loss / d t_k = sum_i a_ki; d loss / d tau = sum_i a_ki z_ki.
-    g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
-    if knots.scale is not None:
+    if knots.scale is None:
+        g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
+    elif k == 1 and levels == 3 and isinstance(flat, bool):  # one knot and the scale's own levels, on the host road
+        # [knot, high, low] take [sum a, T sum a z, -T sum a z] (T = 0 when flat): one product
+        scale = 0.0 if flat else float(temperature)
+        to_levels = device_constant(((1.0, 0.0), (0.0, scale), (0.0, -scale)), a.dtype, a.device)
+        g_levels = torch.mm(to_levels, e.class_sum(torch.stack([a, a * z]), c))
+    else:
+        g_levels = e.class_sum(a, c, keepdim=k == 1)
         g_tau = e.class_sum(a * z, c, knots=k > 1)
         # d tau / d scale = temperature (0 where the scale is flat: tau does not follow it there)
         if isinstance(flat, bool):  # a number (the host road)
@@ -352,7 +360,6 @@ def _threshold_part(
         else:
             g_scale = (g_tau * temperature).masked_fill(flat, 0.0)
         high, low = knots.scale
-        levels = len(knots.levels)
         if levels > k:  # the scale's two levels follow the knots: +g_scale and -g_scale
             g_levels = torch.cat([g_levels, g_scale * device_constant(((1.0,), (-1.0,)), a.dtype, a.device)])
         else:  # the scale is the band: two of the knots
@@ -361,13 +368,28 @@ def _threshold_part(
     return _spread(scores, t, spread, g_levels, inv_tau)
 
 
+def _log1p_exp(y: Tensor, softplus_max: int) -> Tensor:
+    """``log(1 + e^y)`` for ``y <= 0``: one ``softplus`` up to ``softplus_max`` elements, else ``exp``, ``+1``, ``log``.
+
+    On the CPU ``softplus`` is not vectorised (several times slower per element than ``exp``
+    and ``log``), but ``exp`` and ``log`` go through MKL's vector math, which opens an OpenMP
+    parallel region even for a few thousand elements: on a small block, waking the thread
+    team, not the arithmetic, is the cost (about 25 us each on two threads), and one operation
+    is dispatched instead of three. ``log(1 + e^y)`` loses only terms below ``e^y < 2^-24``: a
+    relative change of the weight below float32's rounding.
+    """
+    if y.numel() <= softplus_max:
+        return torch.nn.functional.softplus(y)
+    return torch.exp(y).add_(1.0).log_()
+
+
 def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tensor | float) -> Tensor:
     """``[M, C]``: ``sum_l g[l, c] * d t_lc / d s_jc`` with the kernel weights of the module docstring.
 
     Several classes are laid out class-major (``[C, M]``, a copy), so that each softmax reduces
     along contiguous memory; a single column is both layouts at once.
     """
-    x = scores.masked_fill(~spread, float("inf"))  # non-members get weight 0
+    x = torch.where(spread, scores, device_constant((math.inf,), scores.dtype, scores.device))  # non-members: weight 0
     neg_inv_tau = -inv_tau
     major = x.shape[1] > 1
     if major:  # several classes: inv_tau is a [C] tensor
@@ -375,17 +397,14 @@ def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tenso
         x, neg_inv_tau = x.t().contiguous(), neg_inv_tau.unsqueeze(1)
     axis = 2 if major else 1  # the rows' axis of an [l, ...] block
     levels, elements = t.shape[0], max(1, x.numel())
-    step = max(1, override(BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, kernel_plan(x.device).threshold_block))
-    step = max(1, step // elements)
+    plan = kernel_plan(x.device)
+    step = max(1, override(BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, plan.threshold_block) // elements)
     out = None
     with FlushDenormals(x.device.type == "cpu" and not torch.compiler.is_compiling()):
         for first in range(0, levels, step):
             t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
             y = (x - t_block.unsqueeze(axis)).abs_().mul_(neg_inv_tau)  # -|s - t| / tau per level, class, row
-            # log sigma'(y) = y - 2 log(1 + e^y). softplus and log1p are several times slower on the
-            # CPU than exp and log; log(1 + e^y) loses only terms below e^y < 2^-24, a relative
-            # change of the weight below float32's rounding.
-            weights = y.add_(torch.exp(y).add_(1.0).log_(), alpha=-2.0).softmax(axis)  # in place: fewer temporaries
+            weights = y.add_(_log1p_exp(y, plan.softplus_max), alpha=-2.0).softmax(axis)  # log sigma'(y), in place
             part = weights.mul_(g_block.unsqueeze(axis)).nansum(0)  # a class without members: nan weights, 0
             out = part if out is None else out.add_(part)
     assert out is not None

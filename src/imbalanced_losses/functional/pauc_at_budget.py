@@ -143,9 +143,9 @@ def _one_column_result(loss: Tensor, *, gated: bool, flat: bool, band_empty: boo
     degenerate when gated but flat.
     """
     device = loss.device
-    valid = device_constant((gated and not flat and not band_empty,), torch.bool, device)
+    valid = gated and not flat and not band_empty
     degenerate = device_constant((True,), torch.bool, device) if gated and flat else None
-    return RankingResult(loss, valid, None, degenerate)
+    return RankingResult(loss, device_constant((valid,), torch.bool, device), None, degenerate, valid)
 
 
 def pauc_at_budget_core(

@@ -61,7 +61,8 @@ def recall_at_quantile_core(
         host=not diagnostics,  # the diagnostics read tau as a tensor
     )
     if out.host is not None:  # one column: its total weight is a number
-        return RankingResult(out.loss, device_constant((out.host.den > 0,), torch.bool, scores.device))
+        weighed = out.host.den > 0  # a positive of positive weight
+        return RankingResult(out.loss, device_constant((weighed,), torch.bool, scores.device), all_valid=weighed)
     valid = out.den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(out.loss, valid)
