@@ -2,9 +2,10 @@
 
 For a single column on the CPU (:func:`~imbalanced_losses.functional._plan.host_scalars`), the
 recall and trapezoid pAUC kernel (:mod:`~imbalanced_losses.functional._soft_threshold`, its
-``Scalars``) and the pairwise pAUC's bookkeeping
-(:func:`~imbalanced_losses.functional.pauc_at_budget._pairwise_one_column`) form the temperature
-scale, the totals and the validity as Python numbers, each rounded to the scores' dtype as the
+``Scalars``), the pairwise pAUC's bookkeeping
+(:func:`~imbalanced_losses.functional.pauc_at_budget._pairwise_one_column`) and Smooth-AP's
+(:func:`~imbalanced_losses.functional.smooth_ap._one_column`) form the temperature (scale), the
+totals and the validity as Python numbers, each rounded to the scores' dtype as the
 tensor arithmetic rounds it. Here the same calls run with that road switched off
 (``host_scalars`` patched to ``False`` where each kernel reads it), and loss, per-class value,
 validity, gradient and warnings must be identical, in float32 and float64, across pools that
@@ -24,12 +25,19 @@ from typing import Any
 import pytest
 import torch
 
-from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss
-from imbalanced_losses.functional import _soft_threshold, pauc_at_budget_loss, recall_at_quantile_loss
+from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
+from imbalanced_losses.functional import (
+    _soft_threshold,
+    pauc_at_budget_loss,
+    recall_at_quantile_loss,
+    smooth_ap,
+    smooth_ap_loss,
+)
 from imbalanced_losses.functional import pauc_at_budget as pauc
 
 M = 300
-LOSSES = ("pairwise", "trapezoid", "recall")
+LOSSES = ("pairwise", "trapezoid", "recall", "smooth_ap")
+THRESHOLDED = ("pairwise", "trapezoid", "recall")  # the losses with a temperature scale
 
 
 def _pool(case: str, dtype: torch.dtype, loss: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -87,7 +95,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "weighted": LOSSES,
     "zero_weight": LOSSES,
     "small_weight": LOSSES,
-    "other_scale": LOSSES,
+    "other_scale": THRESHOLDED,
     "detached": ("trapezoid", "recall"),
     "masks": ("pairwise", "trapezoid"),
     "tensor_temperature": LOSSES,
@@ -108,6 +116,8 @@ def _call(loss: str, logits: torch.Tensor, targets: torch.Tensor, options: dict[
             value, per_class, valid = recall_at_quantile_loss(
                 x, targets, quantile=0.05, **options, return_per_class=True
             )
+        elif loss == "smooth_ap":
+            value, per_class, valid = smooth_ap_loss(x, targets, **options, return_per_class=True)
         else:
             value, per_class, valid = pauc_at_budget_loss(
                 x, targets, **{"surrogate": loss, "beta": 0.05, **options}, return_per_class=True
@@ -119,6 +129,7 @@ def _call(loss: str, logits: torch.Tensor, targets: torch.Tensor, options: dict[
 def _tensor_road(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pauc, "host_scalars", lambda scores: False)
     monkeypatch.setattr(_soft_threshold, "host_scalars", lambda scores: False)
+    monkeypatch.setattr(smooth_ap, "host_scalars", lambda scores: False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -153,15 +164,17 @@ def test_the_cases_take_the_host_road_and_reach_every_branch(loss: str, monkeypa
     """Every case above takes the host road (but the weighted pairwise ones); valid, invalid and flat classes occur."""
     kernel = _spy(monkeypatch, _soft_threshold, "_scalars", lambda s: s.flat)
     pairwise = _spy(monkeypatch, pauc, "_pairwise_one_column", lambda r: r.degenerate is not None)
+    ranking = _spy(monkeypatch, smooth_ap, "_one_column", lambda r: False)
     outcomes = []
     cases = [case for case, losses in CASES.items() if loss in losses]
     for case in cases:
         logits, targets, options = _pool(case, torch.float32, loss)
         outcomes.append(bool(_call(loss, logits, targets, options)[2].all()))
-    roads = kernel + pairwise
-    weighted = sum(loss == "pairwise" and "weight" in case for case in cases)
-    assert len(roads) == len(cases) - weighted  # every call took the host road (the pairwise pAUC: unweighted)
-    assert any(roads)  # a flat scale (or a degenerate class)
+    roads = kernel + pairwise + ranking
+    weighted = sum(loss in ("pairwise", "smooth_ap") and "weight" in case for case in cases)
+    # every call took the host road (the pairwise pAUC and Smooth-AP: unweighted)
+    assert len(roads) == len(cases) - weighted
+    assert loss == "smooth_ap" or any(roads)  # a flat scale (or a degenerate class)
     assert any(outcomes)  # a valid class
     assert not all(outcomes)  # an invalid one
 
@@ -172,6 +185,7 @@ def test_the_cases_take_the_host_road_and_reach_every_branch(loss: str, monkeypa
         lambda: PAUCAtBudgetLoss(num_classes=1, surrogate="pairwise", beta=0.05),
         lambda: PAUCAtBudgetLoss(num_classes=1, beta=0.05),
         lambda: RecallAtQuantileLoss(num_classes=1, quantile=0.05),
+        lambda: SmoothAPLoss(num_classes=1),
     ],
 )
 def test_the_modules_take_the_host_road_on_the_cpu_only(
@@ -180,12 +194,14 @@ def test_the_modules_take_the_host_road_on_the_cpu_only(
     """Diagnostics, several classes and the CUDA plan keep the tensor road (the pairwise pAUC: weights too)."""
     kernel = _spy(monkeypatch, _soft_threshold, "_scalars", lambda s: 1)
     pairwise = _spy(monkeypatch, pauc, "_pairwise_one_column", lambda r: 1)
+    ranking = _spy(monkeypatch, smooth_ap, "_one_column", lambda r: 1)
     logits, targets, _ = _pool("regular", torch.float32, "recall")
     loss_fn = make()
     loss_fn(logits, targets)
-    assert len(kernel) + len(pairwise) == 1
+    assert len(kernel) + len(pairwise) + len(ranking) == 1
     loss_fn(logits, targets, return_diagnostics=True)
     PAUCAtBudgetLoss(num_classes=2, beta=0.05)(torch.randn(M, 2), targets)
+    SmoothAPLoss(num_classes=2)(torch.randn(M, 2), targets)
     monkeypatch.setenv("IMBALANCED_LOSSES_PLAN", "cuda")
     loss_fn(logits, targets)
-    assert len(kernel) + len(pairwise) == 1
+    assert len(kernel) + len(pairwise) + len(ranking) == 1

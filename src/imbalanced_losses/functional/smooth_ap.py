@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 
 from .._validation import check_float
-from ._arith import safe_reciprocal
+from ._arith import HOST_ROUNDING, safe_reciprocal
+from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction
 from ._exact_metrics import average_precision_from_masks
 from ._pairs import QueryParams, pair_sums
+from ._plan import host_scalars
 from ._pool import Pool, positive_weights
 from ._reduce import RankingResult
 from ._run import run_functional
@@ -44,6 +46,8 @@ def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool
     With ``diagnostics`` the result carries :func:`smooth_ap_stats`.
     """
     scores, pos, neg, weight = pool.scores, pool.pos, pool.neg, pool.weight
+    if weight is None and not diagnostics and host_scalars(scores):
+        return _one_column(scores, pos, neg, temperature)
     den = positive_weights(pos, weight, scores.dtype).sum(0)
     tau = scores.new_ones(scores.shape[1]) * temperature  # a float or a 0-d tensor (no host sync)
     has_weight = den > 0  # den > 0 implies a positive
@@ -53,6 +57,27 @@ def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool
     ).per_class
     valid = neg.any(0) & has_weight
     return RankingResult(1.0 - ap, valid, smooth_ap_stats(pool, tau) if diagnostics else None)
+
+
+def _one_column(scores: Tensor, pos: Tensor, neg: Tensor, temperature: float | Tensor) -> RankingResult:
+    """:func:`smooth_ap_core` of one unweighted column, its temperature, count and validity read on the host.
+
+    Small binary pools are dominated by the fixed cost of each operation, and a host read is
+    free on the CPU (:func:`~._plan.host_scalars`): the per-class values are Python numbers,
+    rounded to the scores' dtype as the tensor arithmetic rounds them (``1 / count`` is one
+    correctly rounded division), so the result is the same, bitwise, with about eight
+    operations fewer (``tests/test_host_scalars.py``).
+    """
+    dtype, device = scores.dtype, scores.device
+    rounded = HOST_ROUNDING[dtype]
+    count = int(pos.sum())
+    valid = count > 0 and bool(neg.any())
+    inv_count = rounded(1.0 / count) if count > 0 else 1.0  # as safe_reciprocal forms it
+    tau = torch.tensor([rounded(float(temperature))], dtype=dtype, device=device)
+    class_params = torch.tensor([[inv_count]], dtype=dtype, device=device)
+    keys = torch.stack([neg, pos], dim=2)
+    ap = pair_sums(scores, tau, keys, pos, None, class_params, _ap_objective, queries_are_keys=True).per_class
+    return RankingResult(1.0 - ap, device_constant((valid,), torch.bool, device), all_valid=valid)
 
 
 def smooth_ap_stats(pool: Pool, tau: Tensor) -> dict[str, Tensor]:
