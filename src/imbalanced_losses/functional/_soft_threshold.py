@@ -344,15 +344,14 @@ def _threshold_part(
     k, c = len(knots.weights), scores.shape[1]
     levels = len(knots.levels)
     # d loss / d t_k = sum_i a_ki; d loss / d tau = sum_i a_ki z_ki.
-    if knots.scale is None:
-        g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
-    elif k == 1 and levels == 3 and isinstance(flat, bool):  # one knot and the scale's own levels, on the host road
-        # [knot, high, low] take [sum a, T sum a z, -T sum a z] (T = 0 when flat): one product
+    if knots.scale is not None and k == 1 and levels == 3 and isinstance(flat, bool):
+        # one knot and the scale's own two levels, on the host road: [knot, high, low] take
+        # [sum a, T sum a z, -T sum a z] (T = 0 when flat), one product
         scale = 0.0 if flat else float(temperature)
         to_levels = device_constant(((1.0, 0.0), (0.0, scale), (0.0, -scale)), a.dtype, a.device)
-        g_levels = torch.mm(to_levels, e.class_sum(torch.stack([a, a * z]), c))
-    else:
-        g_levels = e.class_sum(a, c, keepdim=k == 1)
+        return _spread(scores, t, spread, torch.mm(to_levels, e.class_sum(torch.stack([a, a * z]), c)), inv_tau)
+    g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
+    if knots.scale is not None:
         g_tau = e.class_sum(a * z, c, knots=k > 1)
         # d tau / d scale = temperature (0 where the scale is flat: tau does not follow it there)
         if isinstance(flat, bool):  # a number (the host road)
