@@ -97,8 +97,9 @@ class Sizes(NamedTuple):
     dense_keys_max: int  # ... if C * Lk (one query per class: the smallest dense slice) is at most this
     items: int  # key slots per step of the tails' key gradient
     small_bmm: int  # below this many elements (and several CPU threads): broadcast products, not BLAS
-    one_class: bool  # a host read is free: a single class packs its keys with `nonzero` (see `_one_class`)
-    count_cells: bool  # the tails' tables: one column per occupied cell (a host read), else per score
+    # a host read is free (the CPU plan): a single class packs its keys with `nonzero` (see
+    # `_one_class`), and the tails' tables get one column per occupied cell, not per score
+    host_reads: bool
     narrow: bool  # the narrow window and long series of `window_and_order` (large pools, CPU plan)
 
 
@@ -115,8 +116,7 @@ def sizes_for(device: torch.device, dtype: torch.dtype, num_classes: int, rows: 
         chunk if plan.bounded_dense else 1 << 62,
         override(ITEMS, _CPU.items, plan.items_for(num_classes)),
         plan.small_bmm,
-        plan.one_class,
-        plan.count_cells,
+        plan.host_reads,
         narrow,
     )
 
@@ -567,7 +567,7 @@ def _query_tails(
         above: ``[C, nb]`` long: its upper tail is the prefix of that length of the flipped keys.
         zq: ``[C, nb, BLOCK]`` float64 queries.
         series: The window and series.
-        count_cells: See :class:`Sizes`.
+        count_cells: One table column per occupied cell (a host read), else per score (``Sizes.host_reads``).
 
     Returns:
         ``[C, J, nb, BLOCK]`` each: :math:`\sum_n a_n (B_n - A_n)` and :math:`-\sum_n n a_n (B_n + A_n)`,
@@ -801,7 +801,7 @@ def _windowed(
 
     ``own`` holds the key slot of each query's own pair, or is ``None`` when no query is a key;
     ``key_mask`` ``[C, Lk, J]`` bool, or ``None`` for one channel holding every key slot.
-    One host read plans the chunks (the sorted window lengths); on the CPU plan (``count_cells``,
+    One host read plans the chunks (the sorted window lengths); on the CPU plan (``host_reads``,
     where a read is free) a second one sizes each channel's own keys for its tail tables.
     """
     dtype, device = keys.values.dtype, keys.values.device
@@ -833,8 +833,8 @@ def _windowed(
     zq_blocks = zq.view(c, nb, BLOCK)
     members: list[tuple[Tensor, Tensor | None]] | None = None
     if key_mask_given is None:  # one channel holding every key slot: no weights
-        parts = [_query_tails(zk, None, plan.lo, lk - plan.hi, zq_blocks, series, sizes.count_cells)]
-    elif sizes.count_cells:  # a host read is free: each channel's tables over its own keys only
+        parts = [_query_tails(zk, None, plan.lo, lk - plan.hi, zq_blocks, series, sizes.host_reads)]
+    elif sizes.host_reads:  # a host read is free: each channel's tables over its own keys only
         counts = count.long()
         widths = counts[..., lk].amax(0).tolist()
         parts, members = [], []
@@ -843,9 +843,9 @@ def _windowed(
             values, weight, source = _members(zk, key_mask[..., ch], ch_counts, width)
             members.append((source, weight))
             lo, above = ch_counts.gather(1, plan.lo), width - ch_counts.gather(1, plan.hi)
-            parts.append(_query_tails(values, weight, lo, above, zq_blocks, series, sizes.count_cells))
+            parts.append(_query_tails(values, weight, lo, above, zq_blocks, series, sizes.host_reads))
     else:
-        parts = [_query_tails(zk, w, plan.lo, lk - plan.hi, zq_blocks, series, sizes.count_cells)]
+        parts = [_query_tails(zk, w, plan.lo, lk - plan.hi, zq_blocks, series, sizes.host_reads)]
     tail += torch.cat([part[0] for part in parts], 1).view(c, n_ch, lq)
     tail_dq = torch.cat([part[1] for part in parts], 1).view(c, n_ch, lq)
     tail, tail_dq = tail.transpose(1, 2).contiguous(), tail_dq.transpose(1, 2)  # [C, Lq, J]
@@ -1020,7 +1020,7 @@ def _key_tail_grad(
     """
     c, lk = zk.shape
     lq, n_ch = zq.shape[1], slope.shape[2]
-    query_side = _side(zq, series.half_width, sizes.count_cells)
+    query_side = _side(zq, series.half_width, sizes.host_reads)
     w = slope.permute(0, 2, 1).contiguous()  # [C, J, Lq]
     # Per order, the sums of the query prefixes that end at a block boundary ("up": queries
     # below a key; "down": above it, on the negated, flipped queries), scaled to the upper edge
@@ -1163,9 +1163,9 @@ def pair_sums(
     # Dense: rows in pool order; every row a key of every class (the common case) needs no packing.
     all_keys = dense and lk == m and nk_min == m
     if dense:
-        queries = _gathered(s_t, _pack(query_t, lq, sizes.one_class), nq)
+        queries = _gathered(s_t, _pack(query_t, lq, sizes.host_reads), nq)
         keys = (
-            _gathered(s_t, _pack(key_t, lk, sizes.one_class), nk)
+            _gathered(s_t, _pack(key_t, lk, sizes.host_reads), nk)
             if not all_keys
             else SortedRows(s_t, torch.arange(m, device=device).expand(c, m), nk)
         )
@@ -1174,7 +1174,7 @@ def pair_sums(
         width = -(-lq // BLOCK) * BLOCK
         # Queries that are all keys (a free host read on the CPU plan): picked from the sorted keys,
         # no second sort.
-        if queries_are_keys and sizes.one_class and not bool((query_t & ~key_t).any()):
+        if queries_are_keys and sizes.host_reads and not bool((query_t & ~key_t).any()):
             queries = _sorted_subset(keys, query_t, nq, width)
         else:
             queries = sorted_rows(s_t, query_t, nq, width)
@@ -1220,7 +1220,7 @@ def _one_class(
     Small pools are dominated by the fixed cost of each operation, and one class needs few. The
     queries come from ``nonzero``, their number with them (the call's one host read); the keys
     are every pool row, each weighed by its channel masks (0 outside every channel), so nothing
-    is counted, packed or padded. Under the CPU plan (``sizes.one_class``, where a host read is
+    is counted, packed or padded. Under the CPU plan (``sizes.host_reads``, where a host read is
     free) keys that are never queries are packed by a second ``nonzero``: a pairwise pAUC's few
     band negatives then make a small block. Same values as the general path.
 
@@ -1237,7 +1237,7 @@ def _one_class(
     """
     query_rows = query_mask.nonzero()[:, 0]
     key_rows = None
-    if sizes.one_class and not queries_are_keys:
+    if sizes.host_reads and not queries_are_keys:
         key_set = key_channels.reshape(-1) if key_channels.shape[2] == 1 else key_channels.any(2)[:, 0]
         key_rows = key_set.nonzero()[:, 0]
     keys = scores.shape[0] if key_rows is None else key_rows.shape[0]

@@ -53,11 +53,15 @@ class KernelPlan:
         items_elements: When positive, ``items`` becomes ``max(items, items_elements // C)``.
         sort_max: Pools up to this size are sorted to find order statistics; larger ones use
             a selection with host-side planning (a few synchronisations).
-        host_quantiles: A single column of at most ``sort_max`` rows takes the host road of the
-            quantiles (its size comes back with its members: a free read on the CPU only).
-        one_class: A single-class pair problem packs its keys with a second ``nonzero`` when
-            they are never queries (a pairwise pAUC's band negatives: a smaller block), and the
-            general road packs a single row with ``nonzero``; a free read on the CPU only.
+        host_reads: A host read of a device value is free (the CPU's), so the kernels may
+            plan with one: a single column of at most ``sort_max`` rows takes the host road of
+            the quantiles (its size comes back with its members); a single-class pair problem
+            packs its keys with a second ``nonzero`` when they are never queries (a pairwise
+            pAUC's band negatives: a smaller block), and the general road packs a single row
+            with ``nonzero``; the exponential tails' prefix-sum tables get one column per
+            occupied cell of the sorted scores (tables far smaller than the pool; otherwise
+            one per score, a static bound); and one column's per-class values are formed as
+            numbers (:func:`host_scalars`).
         compact_pool: Rows that take part in no class (``ignore_index``, empty queue slots)
             are removed from the pool before the losses run (a ``nonzero``: smaller pools on
             the CPU; on a GPU the masks exclude them at no synchronisation).
@@ -66,9 +70,6 @@ class KernelPlan:
             and on a busy machine a thread team can stall); a 2-D matrix product stays one BLAS
             call (one thread at that size). 0: never.
         threshold_block: Elements of the ``[levels, C, M]`` block of the threshold gradient.
-        count_cells: The exponential tails' prefix-sum tables get one column per occupied cell
-            of the sorted scores, a number read on the host (a free read on the CPU, and tables
-            far smaller than the pool); otherwise one per score (a static bound, no read).
         softplus_max: Threshold-gradient blocks of at most this many elements take
             ``log(1 + e^y)`` as one ``softplus``; larger ones as ``exp``, ``+ 1``, ``log``
             (vectorised on the CPU, where ``softplus`` is not; one fused kernel either way on a GPU).
@@ -86,8 +87,7 @@ class KernelPlan:
     bounded_dense: bool
     items: int
     sort_max: int
-    host_quantiles: bool
-    one_class: bool
+    host_reads: bool
     compact_pool: bool
     small_bmm: int
     threshold_block: int
@@ -95,7 +95,6 @@ class KernelPlan:
     chunk_min: int = 1 << 20
     chunk_max: int = 1 << 28
     items_elements: int = 0
-    count_cells: bool = False
     narrow_window_rows: int = 0
     softplus_max: int = 1 << 62
 
@@ -128,12 +127,10 @@ PLANS: dict[str, KernelPlan] = {
         bounded_dense=False,  # dense_max == chunk already bounds it
         items=1 << 15,
         sort_max=1 << 15,
-        host_quantiles=True,
-        one_class=True,
+        host_reads=True,
         compact_pool=True,
         small_bmm=1 << 15,
         threshold_block=1 << 22,
-        count_cells=True,
         narrow_window_rows=1 << 15,
         softplus_max=1 << 14,
     ),
@@ -145,8 +142,7 @@ PLANS: dict[str, KernelPlan] = {
         items=1 << 15,
         items_elements=1 << 24,
         sort_max=1 << 62,  # always sort: no host-driven selection
-        host_quantiles=False,
-        one_class=False,
+        host_reads=False,
         compact_pool=False,
         small_bmm=0,
         threshold_block=1 << 26,
@@ -177,13 +173,13 @@ def override(module_value: int, cpu_value: int, plan_value: int) -> int:
 def host_scalars(scores: Tensor) -> bool:
     """Whether the per-class values of ``scores [M, C]`` may be formed on the host as Python numbers.
 
-    One column, a plan whose host reads are free (the CPU's: ``one_class``), a dtype whose
+    One column, a plan whose host reads are free (the CPU's: ``host_reads``), a dtype whose
     arithmetic :data:`~._arith.HOST_ROUNDING` reproduces, and no ``torch.compile`` tracing. Small
     binary pools are dominated by the fixed cost of each operation; a number costs none.
     """
     return (
         scores.shape[1] == 1
-        and kernel_plan(scores.device).one_class
+        and kernel_plan(scores.device).host_reads
         and scores.dtype in HOST_ROUNDING
         and not torch.compiler.is_compiling()
     )

@@ -27,7 +27,7 @@ def masked_column_quantiles(
     the order statistics it needs (see :func:`order_statistics`) instead of sorting each
     column separately.
 
-    A single column of a small pool on the CPU (the CPU plan's ``host_quantiles``, see
+    A single column of a small pool on the CPU (the CPU plan's ``host_reads``, see
     :mod:`._plan`) takes a shorter road to the same values: its
     members are gathered and sorted, their number ``n`` comes back with them (a free host
     synchronisation on the CPU), and the ranks ``levels * (n - 1)`` are formed on the host
@@ -48,7 +48,7 @@ def masked_column_quantiles(
     m, c = x.shape
     plan = kernel_plan(x.device)
     host = (
-        plan.host_quantiles
+        plan.host_reads
         and c == 1
         and 0 < m <= SORT_MAX
         and x.device.type == "cpu"
