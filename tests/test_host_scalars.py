@@ -27,6 +27,7 @@ import torch
 
 from imbalanced_losses import PAUCAtBudgetLoss, RecallAtQuantileLoss, SmoothAPLoss
 from imbalanced_losses.functional import (
+    _plan,
     _soft_threshold,
     pauc_at_budget_loss,
     recall_at_quantile_loss,
@@ -127,9 +128,8 @@ def _call(loss: str, logits: torch.Tensor, targets: torch.Tensor, options: dict[
 
 
 def _tensor_road(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pauc, "host_scalars", lambda scores: False)
+    monkeypatch.setattr(_plan, "host_scalars", lambda scores: False)  # host_bookkeeping: pairwise, Smooth-AP
     monkeypatch.setattr(_soft_threshold, "host_scalars", lambda scores: False)
-    monkeypatch.setattr(smooth_ap, "host_scalars", lambda scores: False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

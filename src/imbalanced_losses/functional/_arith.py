@@ -24,6 +24,16 @@ def _round_float32(value: float) -> float:
 HOST_ROUNDING: dict[torch.dtype, Callable[[float], float]] = {torch.float32: _round_float32, torch.float64: float}
 
 
+def host_safe_reciprocal(value: float, dtype: torch.dtype) -> float:
+    """:func:`safe_reciprocal` of a number as a tensor of ``dtype`` holding it forms it: 1 where ``value <= 0``.
+
+    The value is converted to the dtype first (a count above 2^24 rounds in float32), then
+    inverted with one rounding (:data:`HOST_ROUNDING`).
+    """
+    rounded = HOST_ROUNDING[dtype]
+    return rounded(1.0 / rounded(value)) if value > 0 else 1.0
+
+
 def compute_dtype(logits: Tensor) -> torch.dtype:
     """Float32 for half-precision logits, otherwise the logits' own dtype."""
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype

@@ -183,3 +183,12 @@ def host_scalars(scores: Tensor) -> bool:
         and scores.dtype in HOST_ROUNDING
         and not torch.compiler.is_compiling()
     )
+
+
+def host_bookkeeping(scores: Tensor, weight: Tensor | None, diagnostics: bool) -> bool:
+    """Whether a loss's per-class bookkeeping (counts, temperature, validity) may run on the host.
+
+    One unweighted column without diagnostics (which read those values as tensors), where
+    :func:`host_scalars` allows it.
+    """
+    return weight is None and not diagnostics and host_scalars(scores)

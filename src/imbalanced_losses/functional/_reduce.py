@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._constants import device_constant
+
 
 class RankingResult(NamedTuple):
     """Unreduced output of a ranking-loss core.
@@ -25,6 +27,14 @@ class RankingResult(NamedTuple):
     stats: dict[str, Tensor] | None = None
     degenerate: Tensor | None = None
     all_valid: bool = False
+
+
+def host_valid_result(loss: Tensor, valid: bool, degenerate: Tensor | None = None) -> RankingResult:
+    """The result of one class whose validity was read on the host.
+
+    ``valid`` enters both as a cached ``[1]`` tensor and as ``all_valid``, so the two cannot disagree.
+    """
+    return RankingResult(loss, device_constant((valid,), torch.bool, loss.device), None, degenerate, valid)
 
 
 def reduce_classes(

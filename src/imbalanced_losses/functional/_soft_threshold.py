@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._arith import HOST_ROUNDING, FlushDenormals, safe_reciprocal
+from ._arith import HOST_ROUNDING, FlushDenormals, host_safe_reciprocal, safe_reciprocal
 from ._constants import device_constant
 from ._plan import PLANS, host_scalars, kernel_plan, override
 from ._pool import positive_weights
@@ -184,7 +184,7 @@ def _scalars(thresholds: Tensor, den: Tensor, weighted: bool, knots: Knots, temp
         tau = rounded((1.0 if flat else scale) * temp)
     total = den.item()
     # as safe_reciprocal (weighted) and clamp_min(1).reciprocal() (a count) form it
-    inv_den = (rounded(1.0 / total) if total > 0 else 1.0) if weighted else rounded(1.0 / max(total, 1.0))
+    inv_den = host_safe_reciprocal(total, den.dtype) if weighted else rounded(1.0 / max(total, 1.0))
     finite = all(math.isfinite(v) for v in values)
     return Scalars(total, flat, inv_den, rounded(1.0 / tau), rows[0], temp, finite)
 

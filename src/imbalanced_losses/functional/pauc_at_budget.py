@@ -10,15 +10,15 @@ from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float, check_int
 from .._warnings import warn
-from ._arith import HOST_ROUNDING, class_sum, safe_divide, safe_reciprocal
+from ._arith import HOST_ROUNDING, class_sum, host_safe_reciprocal, safe_divide, safe_reciprocal
 from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction, saturated_threshold_fraction
 from ._exact_metrics import partial_auc_from_masks
 from ._pairs import QueryParams, pair_sums
-from ._plan import host_scalars
+from ._plan import host_bookkeeping
 from ._pool import Pairs, Pool, entries, flagged, row_mask, select_pairs
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles
-from ._reduce import RankingResult
+from ._reduce import RankingResult, host_valid_result
 from ._run import run_functional
 from ._soft_threshold import Knots, soft_crossings
 
@@ -80,14 +80,6 @@ def _pairwise_objective(r: Tensor, params: QueryParams) -> tuple[Tensor, Tensor]
     return coef * (1.0 - r[..., 0] * inv_band), (-coef * inv_band).unsqueeze(-1)
 
 
-def host_bookkeeping(scores: Tensor, weight: Tensor | None, diagnostics: bool) -> bool:
-    """Whether the pairwise surrogate's per-class bookkeeping runs on the host (:func:`_pairwise_one_column`).
-
-    A single unweighted column without diagnostics, on a plan whose host reads are free (the CPU's).
-    """
-    return weight is None and not diagnostics and host_scalars(scores)
-
-
 def _pairwise_one_column(
     scores: Tensor,
     thresholds: Tensor,
@@ -116,8 +108,7 @@ def _pairwise_one_column(
     gated = _gated(den, neg_iid)
     band = neg & (scores >= t_beta) & (scores <= t_alpha)  # a nan threshold leaves the band empty
     n_band = int(band.sum())
-    # (1 / den, 1 / |B|) as safe_reciprocal forms them: the count converted to the dtype, then inverted
-    params = [rounded(1.0 / rounded(float(n))) if n > 0 else 1.0 for n in (den, n_band)]
+    params = [host_safe_reciprocal(n, dtype) for n in (den, n_band)]  # (1 / den, 1 / |B|)
     out = pair_sums(
         scores,
         torch.tensor([tau if gated and dispersed else 1.0], dtype=dtype, device=device),
@@ -142,10 +133,8 @@ def _one_column_result(loss: Tensor, *, gated: bool, flat: bool, band_empty: boo
     Valid when ``gated`` (see :func:`_gated`) and dispersed (not ``flat``) with a non-empty band;
     degenerate when gated but flat.
     """
-    device = loss.device
-    valid = gated and not flat and not band_empty
-    degenerate = device_constant((True,), torch.bool, device) if gated and flat else None
-    return RankingResult(loss, device_constant((valid,), torch.bool, device), None, degenerate, valid)
+    degenerate = device_constant((True,), torch.bool, loss.device) if gated and flat else None
+    return host_valid_result(loss, gated and not flat and not band_empty, degenerate)
 
 
 def pauc_at_budget_core(

@@ -9,11 +9,10 @@ import torch
 from torch import Tensor
 
 from .._validation import INTERPOLATIONS, check_bool, check_choice, check_float
-from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_threshold_fraction
 from ._exact_metrics import recall_at_quantile_from_masks
 from ._pool import Pool, select_pairs
-from ._reduce import RankingResult
+from ._reduce import RankingResult, host_valid_result
 from ._run import run_functional
 from ._soft_threshold import Knots, soft_crossings
 
@@ -61,8 +60,7 @@ def recall_at_quantile_core(
         host=not diagnostics,  # the diagnostics read tau as a tensor
     )
     if out.host is not None:  # one column: its total weight is a number
-        weighed = out.host.den > 0  # a positive of positive weight
-        return RankingResult(out.loss, device_constant((weighed,), torch.bool, scores.device), all_valid=weighed)
+        return host_valid_result(out.loss, out.host.den > 0)  # a positive of positive weight
     valid = out.den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(out.loss, valid)

@@ -9,14 +9,13 @@ import torch
 from torch import Tensor
 
 from .._validation import check_float
-from ._arith import HOST_ROUNDING, safe_reciprocal
-from ._constants import device_constant
+from ._arith import HOST_ROUNDING, host_safe_reciprocal, safe_reciprocal
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction
 from ._exact_metrics import average_precision_from_masks
 from ._pairs import QueryParams, pair_sums
-from ._plan import host_scalars
+from ._plan import host_bookkeeping
 from ._pool import Pool, positive_weights
-from ._reduce import RankingResult
+from ._reduce import RankingResult, host_valid_result
 from ._run import run_functional
 
 
@@ -46,7 +45,7 @@ def smooth_ap_core(pool: Pool, *, temperature: float | Tensor, diagnostics: bool
     With ``diagnostics`` the result carries :func:`smooth_ap_stats`.
     """
     scores, pos, neg, weight = pool.scores, pool.pos, pool.neg, pool.weight
-    if weight is None and not diagnostics and host_scalars(scores):
+    if host_bookkeeping(scores, weight, diagnostics):
         return _one_column(scores, pos, neg, temperature)
     den = positive_weights(pos, weight, scores.dtype).sum(0)
     tau = scores.new_ones(scores.shape[1]) * temperature  # a float or a 0-d tensor (no host sync)
@@ -63,21 +62,18 @@ def _one_column(scores: Tensor, pos: Tensor, neg: Tensor, temperature: float | T
     """:func:`smooth_ap_core` of one unweighted column, its temperature, count and validity read on the host.
 
     Small binary pools are dominated by the fixed cost of each operation, and a host read is
-    free on the CPU (:func:`~._plan.host_scalars`): the per-class values are Python numbers,
+    free on the CPU (:func:`~._plan.host_bookkeeping`): the per-class values are Python numbers,
     rounded to the scores' dtype as the tensor arithmetic rounds them (``1 / count`` is one
     correctly rounded division), so the result is the same, bitwise, with about eight
     operations fewer (``tests/test_host_scalars.py``).
     """
     dtype, device = scores.dtype, scores.device
-    rounded = HOST_ROUNDING[dtype]
     count = int(pos.sum())
-    valid = count > 0 and bool(neg.any())
-    inv_count = rounded(1.0 / count) if count > 0 else 1.0  # as safe_reciprocal forms it
-    tau = torch.tensor([rounded(float(temperature))], dtype=dtype, device=device)
-    class_params = torch.tensor([[inv_count]], dtype=dtype, device=device)
+    tau = torch.tensor([HOST_ROUNDING[dtype](float(temperature))], dtype=dtype, device=device)
+    class_params = torch.tensor([[host_safe_reciprocal(count, dtype)]], dtype=dtype, device=device)
     keys = torch.stack([neg, pos], dim=2)
     ap = pair_sums(scores, tau, keys, pos, None, class_params, _ap_objective, queries_are_keys=True).per_class
-    return RankingResult(1.0 - ap, device_constant((valid,), torch.bool, device), all_valid=valid)
+    return host_valid_result(1.0 - ap, count > 0 and bool(neg.any()))
 
 
 def smooth_ap_stats(pool: Pool, tau: Tensor) -> dict[str, Tensor]:
