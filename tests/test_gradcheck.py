@@ -239,3 +239,26 @@ def test_threshold_gradient_is_the_smoothed_quantile_derivative(loss, kw, num_cl
             minus[r, c] -= eps
             numeric = (_smoothed_loss(plus, base, *args) - _smoothed_loss(minus, base, *args)) / (2 * eps)
             assert abs(numeric - float(grad[r, c])) < 1e-6, (r, c, numeric, float(grad[r, c]))
+
+
+@pytest.mark.parametrize(
+    ("loss", "kw"),
+    [
+        (recall_at_quantile_loss, dict(quantile=0.3, temperature=0.5)),
+        (pauc_at_budget_loss, dict(beta=0.4, temperature=0.5)),
+        (pauc_at_budget_loss, dict(beta=0.4, temperature=0.5, surrogate="pairwise")),
+    ],
+    ids=["recall", "trapezoid", "pairwise"],
+)
+def test_a_second_derivative_through_a_stored_gradient_raises(loss, kw):
+    """The kernels store their gradient in the forward pass: ``create_graph`` gives the same first derivative,
+    and differentiating it again raises (as ``once_differentiable`` does) rather than returning a silent zero.
+    """
+    logits, targets, _ = _data(3, 1, False)
+    x = logits.clone().requires_grad_()
+    (plain,) = torch.autograd.grad(loss(x, targets, **kw), x)
+    seed = torch.ones((), dtype=x.dtype, requires_grad=True)  # a graph through the incoming gradient too
+    (first,) = torch.autograd.grad(loss(x, targets, **kw), x, grad_outputs=seed, create_graph=True)
+    assert torch.equal(first.detach(), plain)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        first.sum().backward()

@@ -128,8 +128,8 @@ def _call(loss: str, logits: torch.Tensor, targets: torch.Tensor, options: dict[
 
 
 def _tensor_road(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_plan, "host_scalars", lambda scores: False)  # host_bookkeeping: pairwise, Smooth-AP
-    monkeypatch.setattr(_soft_threshold, "host_scalars", lambda scores: False)
+    monkeypatch.setattr(_plan, "host_scalars", lambda scores, plan=None: False)  # host_bookkeeping: pairwise, Smooth-AP
+    monkeypatch.setattr(_soft_threshold, "host_scalars", lambda scores, plan=None: False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

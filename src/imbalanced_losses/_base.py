@@ -207,10 +207,10 @@ class RankingLoss(nn.Module):
         # Under a GPU plan the rows are only looked for when something needs their number (a host
         # synchronisation): a queue (nothing is enqueued from an empty pool) or `max_pool_size`.
         # Elsewhere the class masks leave the ignored rows out of every class anyway.
-        needed = (
-            kernel_plan(merged.logits.device).compact_pool or self._queue.capacity > 0 or self.max_pool_size is not None
+        needed = not (all_kept and not gathered and self._queue.capacity == 0) and (
+            self._queue.capacity > 0 or self.max_pool_size is not None or kernel_plan(merged.logits.device).compact_pool
         )
-        if needed and not (all_kept and not gathered and self._queue.capacity == 0):
+        if needed:
             rows = kept_rows(merged.targets, ignore_index).nonzero().squeeze(1)
         kept = size if rows is None else rows.numel()
         if self.max_pool_size is not None and kept > self.max_pool_size:
@@ -246,7 +246,8 @@ class RankingLoss(nn.Module):
             return out
 
         result = run_on_classes(run, pool, self._class_weights())
-        enqueue = kept > 0 and (self.training or self.update_queue_in_eval)
+        # no queue: nothing to write (and no call into `enqueue`, whose no_grad context costs as much as an operation)
+        enqueue = kept > 0 and self._queue.capacity > 0 and (self.training or self.update_queue_in_eval)
 
         def commit() -> None:
             if enqueue:

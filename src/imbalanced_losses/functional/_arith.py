@@ -14,9 +14,12 @@ from torch import Tensor
 _SMALLEST_NORMAL = sys.float_info.min
 
 
+_FLOAT32 = struct.Struct("f")
+
+
 def _round_float32(value: float) -> float:
     """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
-    return float(struct.unpack("f", struct.pack("f", value))[0])
+    return float(_FLOAT32.unpack(_FLOAT32.pack(value))[0])
 
 
 #: Rounding of a Python float to each dtype whose arithmetic a host road reproduces: a float32

@@ -67,9 +67,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._arith import FlushDenormals
+from ._autograd import once_differentiable_backward
 from ._plan import PLANS, kernel_plan, override
 
 #: Queries per window block.
@@ -1296,7 +1296,7 @@ class _OneClass(torch.autograd.Function):
         return value.sum(0, keepdim=True).to(scores.dtype), ratios.unsqueeze(0)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable_backward
     def backward(ctx: Any, grad_out: Tensor | None, _unused: Any) -> tuple[Tensor | None, ...]:
         grad = None if grad_out is None else ctx.grad * grad_out
         return grad, None, None, None, None, None, None, None, None, None

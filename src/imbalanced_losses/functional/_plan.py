@@ -60,8 +60,10 @@ class KernelPlan:
             pAUC's band negatives: a smaller block), and the general road packs a single row
             with ``nonzero``; the exponential tails' prefix-sum tables get one column per
             occupied cell of the sorted scores (tables far smaller than the pool; otherwise
-            one per score, a static bound); and one column's per-class values are formed as
-            numbers (:func:`host_scalars`).
+            one per score, a static bound); one column's per-class values are formed as
+            numbers (:func:`host_scalars`); and the threshold weights of the recall and
+            trapezoid pAUC losses are ``sech^2`` ratios, each level's sum read to see that it
+            did not underflow (one thread; the softmax otherwise).
         compact_pool: Rows that take part in no class (``ignore_index``, empty queue slots)
             are removed from the pool before the losses run (a ``nonzero``: smaller pools on
             the CPU; on a GPU the masks exclude them at no synchronisation).
@@ -70,7 +72,7 @@ class KernelPlan:
             and on a busy machine a thread team can stall); a 2-D matrix product stays one BLAS
             call (one thread at that size). 0: never.
         threshold_block: Elements of the ``[levels, C, M]`` block of the threshold gradient.
-        softplus_max: Threshold-gradient blocks of at most this many elements take
+        softplus_max: Threshold-gradient blocks of the softmax road of at most this many elements take
             ``log(1 + e^y)`` as one ``softplus``; larger ones as ``exp``, ``+ 1``, ``log``
             (vectorised on the CPU, where ``softplus`` is not; one fused kernel either way on a GPU).
         narrow_window_rows: Pools of at least this many rows (``0``: none) evaluate exactly only
@@ -170,7 +172,7 @@ def override(module_value: int, cpu_value: int, plan_value: int) -> int:
     return plan_value if module_value == cpu_value else module_value
 
 
-def host_scalars(scores: Tensor) -> bool:
+def host_scalars(scores: Tensor, plan: KernelPlan | None = None) -> bool:
     """Whether the per-class values of ``scores [M, C]`` may be formed on the host as Python numbers.
 
     One column, a plan whose host reads are free (the CPU's: ``host_reads``), a dtype whose
@@ -179,7 +181,7 @@ def host_scalars(scores: Tensor) -> bool:
     """
     return (
         scores.shape[1] == 1
-        and kernel_plan(scores.device).host_reads
+        and (plan or kernel_plan(scores.device)).host_reads
         and scores.dtype in HOST_ROUNDING
         and not torch.compiler.is_compiling()
     )

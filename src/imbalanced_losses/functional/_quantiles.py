@@ -6,6 +6,7 @@ mask), with :func:`torch.quantile`'s values exactly, from the order statistics t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -94,31 +95,42 @@ def sorted_column_quantiles(ordered: Tensor, levels: Tensor | Sequence[float], i
     and weight tensors are made once per ``(n, levels)`` and device (:mod:`._constants`).
     """
     dtype, n = ordered.dtype, ordered.shape[0]
-    values = levels.tolist() if isinstance(levels, Tensor) else levels
+    values = tuple(levels.tolist() if isinstance(levels, Tensor) else levels)
     if n == 0:
         return ordered.new_full((len(values), *ordered.shape[1:]), float("nan"))
+    index, weights = _host_ranks(values, n, interpolation, dtype)
+    if weights is None and len(index) == 1:  # a view: no indexing operation
+        return ordered.narrow(0, index[0], 1)
+    picked = ordered.index_select(0, device_constant(index, torch.long, ordered.device))
+    if weights is None:
+        return picked
+    lerp_weights = device_constant(weights, dtype, ordered.device)
+    if ordered.ndim > 1:  # the weights broadcast over the columns
+        lerp_weights = lerp_weights.view(len(weights), *(1,) * (ordered.ndim - 1))
+    return torch.lerp(picked[: len(weights)], picked[len(weights) :], lerp_weights)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_ranks(
+    levels: tuple[float, ...], n: int, interpolation: str, dtype: torch.dtype
+) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    """The order statistics :func:`sorted_column_quantiles` reads, and its ``lerp`` weights (``None``: no ``lerp``).
+
+    Interpolating, the indices are the ranks' floors then their ceilings.
+    """
     to_dtype = HOST_ROUNDING[dtype]
-    ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in values]
+    ranks = [to_dtype(to_dtype(float(q)) * (n - 1)) for q in levels]
     if interpolation in ("linear", "midpoint"):
         below = [math.floor(r) for r in ranks]
         above = [math.ceil(r) for r in ranks]
         # r - floor(r) is exact in r's dtype: the same weights as the tensor arithmetic
-        weights = [0.5 if interpolation == "midpoint" else r - b for r, b in zip(ranks, below, strict=True)]
-        picked = ordered.index_select(0, device_constant(tuple(below + above), torch.long, ordered.device))
-        trailing = (1,) * (ordered.ndim - 1)  # the weights broadcast over the columns
-        lerp_weights = device_constant(tuple(weights), dtype, ordered.device)
-        if trailing:
-            lerp_weights = lerp_weights.view(len(weights), *trailing)
-        return torch.lerp(picked[: len(ranks)], picked[len(ranks) :], lerp_weights)
+        weights = tuple(0.5 if interpolation == "midpoint" else r - b for r, b in zip(ranks, below, strict=True))
+        return tuple(below + above), weights
     if interpolation == "lower":
-        index = [math.floor(r) for r in ranks]
-    elif interpolation == "higher":
-        index = [math.ceil(r) for r in ranks]
-    else:  # "nearest": Python's round() on a float is round-half-even, like torch.round
-        index = [round(r) for r in ranks]
-    if len(index) == 1:  # a view: no indexing operation
-        return ordered.narrow(0, index[0], 1)
-    return ordered.index_select(0, device_constant(tuple(index), torch.long, ordered.device))
+        return tuple(math.floor(r) for r in ranks), None
+    if interpolation == "higher":
+        return tuple(math.ceil(r) for r in ranks), None
+    return tuple(round(r) for r in ranks), None  # "nearest": round() on a float is round-half-even, like torch.round
 
 
 def _interpolate(ranks: Tensor, interpolation: str, pick: Callable[[Tensor], Tensor]) -> Tensor:

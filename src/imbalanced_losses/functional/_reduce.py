@@ -14,7 +14,9 @@ class RankingResult(NamedTuple):
     """Unreduced output of a ranking-loss core.
 
     Attributes:
-        loss: ``[C]`` per-class loss; values of invalid classes are finite placeholders.
+        loss: ``[C]`` per-class loss; values of invalid classes are finite placeholders. A
+            single class read on the host (:func:`host_valid_result`) may give it 0-d: its
+            reduction is then the value itself, with no view to form or differentiate.
         valid: ``[C]`` bool, whether the class could be scored on this pool.
         stats: Optional per-class diagnostics (``[C]`` tensors), or ``None``.
         degenerate: Optional ``[C]`` bool, classes skipped for a degenerate score dispersion.
@@ -80,8 +82,8 @@ def reduce_valid(
     # the placeholders of invalid classes are finite: exactly 0
     kept = result.loss if result.all_valid else result.loss * result.valid
     if class_weight is None:  # weights 1 on the valid classes: nothing to multiply; den counts them
-        if kept.shape[0] == 1:  # one class: its loss or 0 is the sum, and the mean too (a count of 1)
-            return _anchored(kept.reshape(()), result, anchor, checked_finite)
+        if kept.ndim == 0 or kept.shape[0] == 1:  # one class: its loss or 0 is the sum, and the mean too
+            return _anchored(kept.reshape(()) if kept.ndim else kept, result, anchor, checked_finite)
         total = _anchored(kept.sum(), result, anchor, checked_finite)
         # an integer count >= 1 (exact in any float dtype): the same quotient as a float one
         return total if reduction == "sum" else total / result.valid.sum().clamp_min(1)

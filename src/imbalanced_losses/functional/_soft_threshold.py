@@ -27,7 +27,9 @@ a weight distribution over the members (it sums to one, so a common shift of eve
 moves the threshold by as much), with the width :math:`h = \tau_c`. As a softmax of
 :math:`\log \sigma'(x) = -|x| - 2\log(1 + e^{-|x|})` it stays defined when every member lies
 many widths away: the nearest one then takes the whole gradient, the derivative of the exact
-order statistic. The losses pass the *negatives* that take part in a threshold as its members
+order statistic. Where a host read is free (the CPU) the ratio is formed as it stands, from
+:math:`\sigma'(x) = \tfrac14 \operatorname{sech}^2(x/2)`, and the softmax serves only a level
+whose sum underflows (:func:`_spread`). The losses pass the *negatives* that take part in a threshold as its members
 (``spread``). A positive at the cut would otherwise be pushed down by the whole pool's demand
 on the threshold, more than its own term lifts it; trained from scratch with a sharp
 temperature, that sank the positives below chance. On the negatives alone the pair "positives
@@ -43,7 +45,9 @@ GPU), and none of its temporaries is kept for the backward pass.
 operation, and a host read is free on the CPU: there the per-class values (the scale and
 temperature, the total weight, their reciprocals) are Python numbers (:class:`Scalars`), each
 rounded to the scores' dtype as the tensor arithmetic rounds it, so that every result is the
-same, bitwise, for about ten operations fewer (``tests/test_host_scalars.py``).
+same, bitwise, for about ten operations fewer (``tests/test_host_scalars.py``). The loss of that
+single class is 0-d (its reduction needs no view), and a single column's gradient comes out of
+one ``addmm`` that also subtracts the positives' own term.
 """
 
 from __future__ import annotations
@@ -53,11 +57,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._arith import HOST_ROUNDING, FlushDenormals, host_safe_reciprocal, safe_reciprocal
+from ._autograd import once_differentiable_backward
 from ._constants import device_constant
-from ._plan import PLANS, host_scalars, kernel_plan, override
+from ._plan import PLANS, KernelPlan, host_scalars, kernel_plan, override
 from ._pool import positive_weights
 from ._quantiles import MIN_DISPERSION, masked_column_quantiles, sorted_column_quantiles
 
@@ -95,12 +99,12 @@ class Scalars(NamedTuple):
 class Crossings(NamedTuple):
     """The kernel's result, per class ``[C]`` (``thresholds [L, C]``); only ``loss`` carries a gradient.
 
-    On the host road (``host``) ``tau`` and ``flat`` are ``None``: the callers read the validity
-    from ``host`` (its ``flat`` and ``den``) and ask for no diagnostics there.
+    On the host road (``host``) ``den``, ``tau`` and ``flat`` are ``None``: the callers read the
+    validity from ``host`` (its ``flat`` and ``den``) and ask for no diagnostics there.
     """
 
-    loss: Tensor  # 1 - the weighted mean soft crossing of the positives
-    den: Tensor  # the positives' total weight (0: no positive)
+    loss: Tensor  # 1 - the weighted mean soft crossing of the positives (0-d on the host road)
+    den: Tensor | None  # the positives' total weight (0: no positive)
     thresholds: Tensor  # exact quantile values, nan for a class without reference rows
     tau: Tensor | None  # the effective temperature
     flat: Tensor | None  # bool: the scale is at most MIN_DISPERSION (tau is then in logits); False without a scale
@@ -141,21 +145,22 @@ def soft_crossings(
             (:func:`._plan.host_scalars`) then forms its per-class values as numbers
             (:class:`Scalars`; the same results bitwise, about ten operations fewer).
     """
-    with torch.no_grad():
-        if ref is None and scores.shape[1] == 1:  # ranks formed on the host: one sort, one indexing
-            thresholds = sorted_column_quantiles(scores.sort(dim=0).values, knots.levels, interpolation)
-        else:
-            thresholds = masked_column_quantiles(scores, ref, knots.levels, interpolation)[0]
+    values = scores.detach()  # the thresholds carry no graph (their gradient is formed below)
+    if ref is None and scores.shape[1] == 1:  # ranks formed on the host: one sort, one indexing
+        thresholds = sorted_column_quantiles(values.sort(dim=0).values, knots.levels, interpolation)
+    else:
+        thresholds = masked_column_quantiles(values, ref, knots.levels, interpolation)[0]
     finite = ref is None and scores.shape[0] > 0  # every threshold is a score: no nan to replace
-    scalars = total = None
-    if host and not keep_crossing and host_scalars(scores):
-        total = _total_weight(numer, weight, scores.dtype)
-        scalars = _scalars(thresholds, total, weight is not None, knots, temperature)
+    scalars = None
+    plan = kernel_plan(scores.device)
+    if host and not keep_crossing and host_scalars(scores, plan):
+        # the total weight as a number: a count (exact), or the tensor road's sum read back
+        total = numer.count_nonzero().item() if weight is None else _total_weight(numer, weight, scores.dtype).item()
+        scalars = _scalars(thresholds, float(total), scores.dtype, weight is not None, knots, temperature)
         finite = scalars.finite
     loss, den, tau, flat, crossing = _SoftThreshold.apply(
-        scores, thresholds, numer, spread, weight, knots, temperature, finite, keep_crossing, scalars
+        scores, thresholds, numer, spread, weight, knots, temperature, finite, keep_crossing, scalars, plan
     )
-    den = den if total is None else total  # the host road formed it before the kernel
     return Crossings(loss, den, thresholds, tau, flat, crossing, scalars)
 
 
@@ -164,15 +169,17 @@ def _total_weight(numer: Tensor, weight: Tensor | None, dtype: torch.dtype) -> T
     return numer.sum(0, dtype=dtype) if weight is None else positive_weights(numer, weight, dtype).sum(0)
 
 
-def _scalars(thresholds: Tensor, den: Tensor, weighted: bool, knots: Knots, temperature: float | Tensor) -> Scalars:
+def _scalars(
+    thresholds: Tensor, total: float, dtype: torch.dtype, weighted: bool, knots: Knots, temperature: float | Tensor
+) -> Scalars:
     """:class:`Scalars` of one column: each step of :meth:`_SoftThreshold.forward`'s ``[C]`` arithmetic, rounded alike.
 
     One float32 ``+ - * /`` of float32 values is the double result rounded once
     (:data:`~._arith.HOST_ROUNDING`); a tensor times a Python number or 0-d tensor rounds the
     number to the dtype first.
     """
-    rounded = HOST_ROUNDING[den.dtype]
-    values = thresholds.view(-1).tolist()
+    rounded = HOST_ROUNDING[dtype]
+    values = [v for row in thresholds.tolist() for v in row]  # [L, 1]
     rows = [0.0 if math.isnan(v) else v for v in values]  # as nan_to_num: any finite value serves
     temp = rounded(float(temperature))
     flat = False
@@ -182,9 +189,8 @@ def _scalars(thresholds: Tensor, den: Tensor, weighted: bool, knots: Knots, temp
         scale = rounded(rows[high] - rows[low])
         flat = scale <= MIN_DISPERSION
         tau = rounded((1.0 if flat else scale) * temp)
-    total = den.item()
     # as safe_reciprocal (weighted) and clamp_min(1).reciprocal() (a count) form it
-    inv_den = host_safe_reciprocal(total, den.dtype) if weighted else rounded(1.0 / max(total, 1.0))
+    inv_den = host_safe_reciprocal(total, dtype) if weighted else rounded(1.0 / max(total, 1.0))
     finite = all(math.isfinite(v) for v in values)
     return Scalars(total, flat, inv_den, rounded(1.0 / tau), rows[0], temp, finite)
 
@@ -258,6 +264,7 @@ class _SoftThreshold(torch.autograd.Function):
         finite: bool,
         keep_crossing: bool,
         host: Scalars | None,
+        plan: KernelPlan,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         ctx.set_materialize_grads(False)  # the outputs other than the loss get no gradient to build
         k, (m, c) = len(knots.weights), scores.shape
@@ -302,7 +309,9 @@ class _SoftThreshold(torch.autograd.Function):
         # The sum over the entries comes last, as one reduction whatever K is: rows that take
         # part in no class (kept or dropped by the caller) then cannot change its rounding.
         crossing_w = crossing * e.weight
-        loss = 1.0 - e.class_sum(crossing_w, c) * inv_den
+        # the host road's single class: a 0-d loss, which its reduction takes as it is (no view)
+        total = crossing_w.sum() if host is not None else e.class_sum(crossing_w, c)
+        loss = torch.rsub(total * inv_den, 1.0)
         hwp = crossing_w if k == 1 else hw * e.weight
         ctx.mark_non_differentiable(*(x for x in (den, tau, flat) if isinstance(x, Tensor)))
         ctx.grad = None
@@ -310,22 +319,22 @@ class _SoftThreshold(torch.autograd.Function):
             # a = -d loss / d s_i for each (knot, positive): omega_k w_i sigma'(z) / (den tau).
             a = torch.addcmul(hwp, hwp, h, value=-1.0).mul_(rate)  # hwp - hwp h, one operation
             a_rows = a if k == 1 else a.sum(0)
-            thresholds_part = (
-                None
-                if spread is None
-                else _threshold_part(
-                    scores, t, spread, knots, e, a, z, inv_tau, flat, host.temperature if host else temperature
-                )
-            )
-            ctx.grad = e.subtract(thresholds_part, a_rows, (m, c))
+            if spread is None:
+                ctx.grad = e.subtract(None, a_rows, (m, c))
+            else:
+                # a single column's positives' term is folded into the threshold part's last product
+                minus = a_rows if e.cls is None else None
+                temp = host.temperature if host else temperature
+                part = _threshold_part(scores, t, spread, knots, e, a, z, inv_tau, flat, temp, plan, minus)
+                ctx.grad = part if minus is not None else e.subtract(part, a_rows, (m, c))
         crossing_out = e.to_pool(crossing, (m, c)) if keep_crossing else None
         return loss, den, tau, (None if isinstance(flat, bool) else flat), crossing_out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable_backward
     def backward(ctx: Any, grad_loss: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         grad = None if ctx.grad is None or grad_loss is None else grad_loss * ctx.grad
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def _threshold_part(
@@ -339,8 +348,10 @@ def _threshold_part(
     inv_tau: Tensor | float,
     flat: Tensor | bool,
     temperature: float | Tensor,
+    plan: KernelPlan,
+    minus: Tensor | None,
 ) -> Tensor:
-    """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows."""
+    """``[M, C]``: the loss's gradient through the thresholds, spread over the ``spread`` rows, less ``minus``."""
     k, c = len(knots.weights), scores.shape[1]
     levels = len(knots.levels)
     # d loss / d t_k = sum_i a_ki; d loss / d tau = sum_i a_ki z_ki.
@@ -349,7 +360,8 @@ def _threshold_part(
         # [sum a, T sum a z, -T sum a z] (T = 0 when flat), one product
         scale = 0.0 if flat else float(temperature)
         to_levels = device_constant(((1.0, 0.0), (0.0, scale), (0.0, -scale)), a.dtype, a.device)
-        return _spread(scores, t, spread, torch.mm(to_levels, e.class_sum(torch.stack([a, a * z]), c)), inv_tau)
+        g_levels = torch.mm(to_levels, e.class_sum(torch.stack([a, a * z]), c))
+        return _spread(scores, t, spread, g_levels, inv_tau, plan, minus)
     g_levels = e.class_sum(a, c, keepdim=k == 1)  # [K, C]
     if knots.scale is not None:
         g_tau = e.class_sum(a * z, c, knots=k > 1)
@@ -364,7 +376,7 @@ def _threshold_part(
         else:  # the scale is the band: two of the knots
             sign = tuple((1.0,) if i == high else (-1.0,) if i == low else (0.0,) for i in range(levels))
             g_levels = g_levels + g_scale * device_constant(sign, a.dtype, a.device)
-    return _spread(scores, t, spread, g_levels, inv_tau)
+    return _spread(scores, t, spread, g_levels, inv_tau, plan, minus)
 
 
 def _log1p_exp(y: Tensor, softplus_max: int) -> Tensor:
@@ -382,29 +394,64 @@ def _log1p_exp(y: Tensor, softplus_max: int) -> Tensor:
     return torch.exp(y).add_(1.0).log_()
 
 
-def _spread(scores: Tensor, t: Tensor, spread: Tensor, g: Tensor, inv_tau: Tensor | float) -> Tensor:
-    """``[M, C]``: ``sum_l g[l, c] * d t_lc / d s_jc`` with the kernel weights of the module docstring.
+def _spread(
+    scores: Tensor,
+    t: Tensor,
+    spread: Tensor,
+    g: Tensor,
+    inv_tau: Tensor | float,
+    plan: KernelPlan,
+    minus: Tensor | None,
+) -> Tensor:
+    r"""``[M, C]``: ``sum_l g[l, c] * d t_lc / d s_jc`` with the kernel weights of the module docstring, less ``minus``.
 
-    Several classes are laid out class-major (``[C, M]``, a copy), so that each softmax reduces
-    along contiguous memory; a single column is both layouts at once.
+    ``minus`` (``[M, 1]``, a single column only) is subtracted by the last product. The rows
+    are laid out class-major (``[C, M]``; a copy for several classes, a view of one column), so
+    that each level's reduction runs along the last, contiguous axis.
+
+    **Weights.** On a plan whose host reads are free (the CPU's) each level's weights are
+    :math:`\sigma'(y) / \sum \sigma'(y)` with :math:`\sigma'(y) = \tfrac14 \operatorname{sech}^2(y/2)`:
+    ``cosh`` and a power (one thread, no sign to take), a sum, and for a single column one
+    ``addmm`` that weighs the levels, sums them and subtracts ``minus``. A softmax over more
+    than one row would open a parallel region on the CPU, whose thread wake costs more than a
+    small block's arithmetic. The ratio needs no shift while every level's mass is at least
+    ``tiny / eps`` of the dtype: a member flushed to zero (below ``tiny``) then weighs less
+    than one rounding of it. Below that (every member many widths away, or none at all), and on
+    other plans (no host read), the level's weights are the softmax of :math:`\log \sigma'(y)`
+    (``nansum``: a class without members has ``nan`` weights and takes nothing).
     """
-    x = torch.where(spread, scores, device_constant((math.inf,), scores.dtype, scores.device))  # non-members: weight 0
-    neg_inv_tau = -inv_tau
-    major = x.shape[1] > 1
-    if major:  # several classes: inv_tau is a [C] tensor
-        assert isinstance(neg_inv_tau, Tensor)
-        x, neg_inv_tau = x.t().contiguous(), neg_inv_tau.unsqueeze(1)
-    axis = 2 if major else 1  # the rows' axis of an [l, ...] block
+    x = torch.where(spread, scores, device_constant((math.inf,), scores.dtype, scores.device)).t()  # non-members: 0
+    one = x.shape[0] == 1
+    if not one:
+        x = x.contiguous()
+    inv_tau = inv_tau.unsqueeze(1) if isinstance(inv_tau, Tensor) else inv_tau  # [C, 1], or a number
     levels, elements = t.shape[0], max(1, x.numel())
-    plan = kernel_plan(x.device)
     step = max(1, override(BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, plan.threshold_block) // elements)
-    out = None
+    info = torch.finfo(scores.dtype)
+    out = None  # [M, 1] (one column, less minus) or [C, M]
     with FlushDenormals(x.device.type == "cpu" and not torch.compiler.is_compiling()):
         for first in range(0, levels, step):
             t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
-            y = (x - t_block.unsqueeze(axis)).abs_().mul_(neg_inv_tau)  # -|s - t| / tau per level, class, row
-            weights = y.add_(_log1p_exp(y, plan.softplus_max), alpha=-2.0).softmax(axis)  # log sigma'(y), in place
-            part = weights.mul_(g_block.unsqueeze(axis)).nansum(0)  # a class without members: nan weights, 0
-            out = part if out is None else out.add_(part)
+            d = x - (t_block if one else t_block.unsqueeze(2))  # s - t per level (, class) and row
+            coef = None
+            if plan.host_reads:
+                u = d.mul_(inv_tau * 0.5).cosh_().pow_(-2)  # 4 sigma'((s - t) / tau)
+                mass = u.sum(-1, keepdim=one)  # [l, 1] or [l, C]
+                if min(min(row) for row in mass.tolist()) >= info.tiny / info.eps:
+                    coef = g_block / mass
+                else:  # d was scaled in place
+                    d = x - (t_block if one else t_block.unsqueeze(2))
+            if coef is None:  # the softmax of log sigma'(y), y = -|s - t| / tau
+                y = d.abs_().mul_(-inv_tau)
+                u = y.add_(_log1p_exp(y, plan.softplus_max), alpha=-2.0).softmax(-1)
+                if one:
+                    u = u.nan_to_num_(nan=0.0)
+                coef = g_block
+            if one:  # u^T coef: the levels weighed and summed, less minus
+                assert minus is not None
+                out = torch.addmm(minus, u.t(), coef, beta=-1.0) if out is None else out.addmm_(u.t(), coef)
+            else:
+                part = u.mul_(coef.unsqueeze(2)).nansum(0)
+                out = part if out is None else out.add_(part)
     assert out is not None
-    return out.t() if major else out
+    return out if one else out.t()

@@ -100,26 +100,26 @@ def _pairwise_one_column(
     """
     dtype, device = scores.dtype, scores.device
     rounded = HOST_ROUNDING[dtype]
-    t_alpha, t_beta, *quartiles = thresholds.view(-1).tolist()
+    t_alpha, t_beta, *quartiles = (row[0] for row in thresholds.tolist())  # [L, 1]
     scale = rounded(quartiles[0] - quartiles[1]) if iqr else rounded(t_alpha - t_beta)
     dispersed = scale > MIN_DISPERSION  # False for nan (no reference row)
     tau = rounded(rounded(float(temperature)) * scale)
-    den = int(numer.sum())
+    den = int(numer.count_nonzero())
     gated = _gated(den, neg_iid)
     band = neg & (scores >= t_beta) & (scores <= t_alpha)  # a nan threshold leaves the band empty
-    n_band = int(band.sum())
+    n_band = int(band.count_nonzero())
     params = [host_safe_reciprocal(n, dtype) for n in (den, n_band)]  # (1 / den, 1 / |B|)
     out = pair_sums(
         scores,
-        torch.tensor([tau if gated and dispersed else 1.0], dtype=dtype, device=device),
+        device_constant((tau if gated and dispersed else 1.0,), dtype, device),  # cached by value
         band.unsqueeze(2),
         numer,
         None,
-        torch.tensor([params], dtype=dtype, device=device),
+        device_constant((tuple(params),), dtype, device),
         _pairwise_objective,
         queries_are_keys=False,
     )
-    return _one_column_result(1.0 - out.per_class, gated=gated, flat=not dispersed, band_empty=n_band == 0)
+    return _one_column_result(torch.rsub(out.per_class, 1.0), gated=gated, flat=not dispersed, band_empty=n_band == 0)
 
 
 def _gated(den: float, neg_iid: Tensor) -> bool:
@@ -194,6 +194,7 @@ def pauc_at_budget_core(
             return _one_column_result(crossings.loss, gated=_gated(host.den, neg_iid), flat=host.flat)
         loss, qs, den, tau_eff = crossings.loss, crossings.thresholds, crossings.den, crossings.tau
         assert tau_eff is not None  # the tensor road
+        assert den is not None
         assert crossings.flat is not None
         dispersed = ~crossings.flat
         t_alpha, t_beta = qs[0], qs[n_knots - 1]

@@ -61,6 +61,7 @@ def recall_at_quantile_core(
     )
     if out.host is not None:  # one column: its total weight is a number
         return host_valid_result(out.loss, out.host.den > 0)  # a positive of positive weight
+    assert out.den is not None  # the tensor road
     valid = out.den > 0  # implies a positive
     if not diagnostics:
         return RankingResult(out.loss, valid)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._validation import check_float
 from ._arith import HOST_ROUNDING, host_safe_reciprocal, safe_reciprocal
+from ._constants import device_constant
 from ._diagnostics import SATURATION, pool_stats, saturated_pair_fraction
 from ._exact_metrics import average_precision_from_masks
 from ._pairs import QueryParams, pair_sums
@@ -68,12 +69,13 @@ def _one_column(scores: Tensor, pos: Tensor, neg: Tensor, temperature: float | T
     operations fewer (``tests/test_host_scalars.py``).
     """
     dtype, device = scores.dtype, scores.device
-    count = int(pos.sum())
-    tau = torch.tensor([HOST_ROUNDING[dtype](float(temperature))], dtype=dtype, device=device)
-    class_params = torch.tensor([[host_safe_reciprocal(count, dtype)]], dtype=dtype, device=device)
+    count = int(pos.count_nonzero())
+    # the two constants, cached by value (a fresh tensor from numbers costs several operations' time)
+    tau = device_constant((HOST_ROUNDING[dtype](float(temperature)),), dtype, device)
+    class_params = device_constant(((host_safe_reciprocal(count, dtype),),), dtype, device)
     keys = torch.stack([neg, pos], dim=2)
     ap = pair_sums(scores, tau, keys, pos, None, class_params, _ap_objective, queries_are_keys=True).per_class
-    return host_valid_result(1.0 - ap, count > 0 and bool(neg.any()))
+    return host_valid_result(torch.rsub(ap, 1.0), count > 0 and bool(neg.any()))
 
 
 def smooth_ap_stats(pool: Pool, tau: Tensor) -> dict[str, Tensor]:
