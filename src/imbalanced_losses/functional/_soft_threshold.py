@@ -428,19 +428,22 @@ def _spread(
     levels, elements = t.shape[0], max(1, x.numel())
     step = max(1, override(BLOCK_ELEMENTS, PLANS["cpu"].threshold_block, plan.threshold_block) // elements)
     info = torch.finfo(scores.dtype)
+    min_mass = info.tiny / info.eps
     out = None  # [M, 1] (one column, less minus) or [C, M]
     with FlushDenormals(x.device.type == "cpu" and not torch.compiler.is_compiling()):
         for first in range(0, levels, step):
             t_block, g_block = (t, g) if levels <= step else (t[first : first + step], g[first : first + step])
-            d = x - (t_block if one else t_block.unsqueeze(2))  # s - t per level (, class) and row
+            if not one:
+                t_block = t_block.unsqueeze(2)  # [l, C, 1] against the [C, M] rows
+            d = x - t_block  # s - t per level (, class) and row
             coef = None
             if plan.host_reads:
                 u = d.mul_(inv_tau * 0.5).cosh_().pow_(-2)  # 4 sigma'((s - t) / tau)
                 mass = u.sum(-1, keepdim=one)  # [l, 1] or [l, C]
-                if min(min(row) for row in mass.tolist()) >= info.tiny / info.eps:
+                if min(min(row) for row in mass.tolist()) >= min_mass:
                     coef = g_block / mass
                 else:  # d was scaled in place
-                    d = x - (t_block if one else t_block.unsqueeze(2))
+                    d = x - t_block
             if coef is None:  # the softmax of log sigma'(y), y = -|s - t| / tau
                 y = d.abs_().mul_(-inv_tau)
                 u = y.add_(_log1p_exp(y, plan.softplus_max), alpha=-2.0).softmax(-1)
